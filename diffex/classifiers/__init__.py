@@ -1,0 +1,34 @@
+"""Classifier registry: `demo:v1`, `python:PATH_OR_MODULE:ATTR`, and the adapters in later modules."""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import DiffexError
+from .base import Classifier, score_images
+
+# prefix -> "module:factory"; the factory takes the text after "prefix:".
+CLASSIFIERS: dict[str, str] = {
+    "demo": "diffex.demo.classifier:from_spec",
+    "python": "diffex.classifiers.python_spec:from_spec",
+}
+
+
+def available_classifiers() -> list[str]:
+    return sorted(CLASSIFIERS)
+
+
+def load_classifier(spec: "str | Classifier") -> Classifier:
+    """Build a classifier from a SPEC such as `demo:v1` or `python:my_models.py:make_model`."""
+    if isinstance(spec, Classifier):
+        return spec
+    prefix, sep, rest = str(spec).partition(":")
+    if prefix not in CLASSIFIERS or not sep:
+        raise DiffexError(f"unknown classifier spec {spec!r}; valid: {', '.join(p + ':...' for p in available_classifiers())}")
+    module_name, factory = CLASSIFIERS[prefix].split(":")
+    clf = getattr(importlib.import_module(module_name), factory)(rest)
+    clf.spec = str(spec)
+    return clf
+
+
+__all__ = ["Classifier", "load_classifier", "available_classifiers", "score_images", "CLASSIFIERS"]

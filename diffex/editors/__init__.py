@@ -1,0 +1,35 @@
+"""Editor registry: a SPEC string names a backend and its model, e.g. `demo` or `ledits:PATH`."""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import DiffexError
+from .base import EditSession, Editor
+
+# prefix -> "module:factory"; the factory takes the text after "prefix:" ("" when absent).
+# Modules are imported lazily so `diffex query` never pays for torch or diffusers.
+EDITORS: dict[str, str] = {
+    "demo": "diffex.editors.demo:from_spec",
+    "ledits": "diffex.editors.ledits:from_spec",
+}
+
+
+def available_editors() -> list[str]:
+    return sorted(EDITORS)
+
+
+def load_editor(spec: "str | Editor") -> Editor:
+    """Build an editor from a SPEC (`demo`, `ledits:MODEL_ID_OR_PATH?size=512&steps=50`)."""
+    if isinstance(spec, Editor):
+        return spec
+    prefix, _, rest = str(spec).partition(":")
+    if prefix not in EDITORS:
+        raise DiffexError(f"unknown editor spec {spec!r}; valid prefixes: {', '.join(available_editors())}")
+    module_name, factory = EDITORS[prefix].split(":")
+    editor = getattr(importlib.import_module(module_name), factory)(rest)
+    editor.spec = str(spec)
+    return editor
+
+
+__all__ = ["Editor", "EditSession", "load_editor", "available_editors", "EDITORS"]

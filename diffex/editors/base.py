@@ -1,0 +1,60 @@
+"""The editor interface every editing backend implements (demo world, LEDITS++, ...)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image
+
+from ..hashing import hash_json
+from ..types import Concept
+
+
+class EditSession(ABC):
+    """Edits of ONE image. Backends keep per-image state here (e.g. a diffusion inversion),
+    so the indexer opens one session per image and asks for all its edits in it."""
+
+    @abstractmethod
+    def reconstruct(self) -> Image.Image:
+        """The null edit: the editor's reconstruction of the unedited image (the effect baseline)."""
+
+    @abstractmethod
+    def edit(self, concepts: Sequence[Concept], seed: int) -> Image.Image:
+        """Apply all `concepts` together (one concept = single edit, several = joint edit)."""
+
+    def edit_many(self, requests: Sequence[tuple[Sequence[Concept], int]]) -> list[Image.Image]:
+        """Several edits of this image; backends that can batch override this."""
+        return [self.edit(concepts, seed) for concepts, seed in requests]
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "EditSession":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Editor(ABC):
+    """An image editor. `config` must hold everything that changes output pixels:
+    its hash is the editor's identity, so changing any of it invalidates cached edits."""
+
+    name: str = "editor"
+    spec: str = ""
+
+    @property
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        ...
+
+    @property
+    def editor_id(self) -> str:
+        return hash_json({"name": self.name, **self.config})[:32]
+
+    @abstractmethod
+    def open(self, image: Image.Image, image_id: str, cache_dir: Path) -> EditSession:
+        """Start editing one image. `cache_dir` is the store's content-addressed cache root,
+        where a backend may keep per-image work (inversions) keyed by `image_id` and its config."""
