@@ -1,0 +1,185 @@
+"""The `diffex` command line: a thin shell that parses arguments, calls one library function
+and hands its rows to cli/output.py. Library errors become one line and exit 1; usage errors
+exit 2; Ctrl-C keeps what is committed and exits 130."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from diffex.errors import DiffexError, UsageError
+
+from .output import FORMATS, format_rows, jsonable
+
+
+def _fail(exc: Exception, code: int) -> None:
+    click.echo(f"Error: {exc}", err=True)
+    sys.exit(code)
+
+
+def main() -> None:
+    """Console entry point: runs the click group with diffex's error policy."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except UsageError as exc:
+        _fail(exc, 2)
+    except DiffexError as exc:
+        _fail(exc, 1)
+    except KeyboardInterrupt:
+        click.echo("Interrupted: everything committed so far is kept; run the same command again to resume.", err=True)
+        sys.exit(130)
+    except Exception as exc:  # an internal bug: one line, the traceback on request
+        if os.environ.get("DIFFEX_DEBUG"):
+            raise
+        click.echo(f"Error: internal error {type(exc).__name__}: {exc} (set DIFFEX_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)
+
+
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format."
+)
+db_option = click.option(
+    "--db", type=click.Path(dir_okay=True), required=True, help="The diffex DuckDB file."
+)
+
+
+def _emit(columns, rows, fmt: str) -> None:
+    click.echo(format_rows(columns, rows, fmt))
+
+
+def _print_json(obj) -> None:
+    click.echo(json.dumps(jsonable(obj), indent=2))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="diffex")
+def cli() -> None:
+    """Explain image classifiers with semantic edits, cached in a queryable DuckDB store."""
+
+
+@cli.command()
+@click.option("--db", type=click.Path(), default="data/demo.duckdb", show_default=True, help="Database to fill.")
+@click.option("--images", "n_images", type=click.IntRange(2, 5000), default=32, show_default=True, help="Demo images to render.")
+@click.option("--classifier", type=click.Choice(["demo:v1", "demo:v2"]), default="demo:v1", show_default=True,
+              help="Which shipped demo classifier to explain.")
+@click.option("--samples", type=click.IntRange(1, 64), default=2, show_default=True, help="Edit seeds per (image, node).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def demo(db, n_images, classifier, samples, as_json) -> None:
+    """Build the offline demo world, index it and show what moves the demo classifier."""
+    from diffex.demo.run import run_demo
+
+    result = run_demo(db, n_images=n_images, classifier=classifier, samples=samples, progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        _print_json(result)
+        return
+    click.echo(f"Indexed {result['images']} with {classifier} into {result['db']}")
+    s = result["stats"]
+    click.echo(f"  edits computed {s['edits_computed']}, reused {s['edits_reused']}; scores computed {s['scores_computed']}; {s['seconds']:.1f} s")
+    click.echo(f"\nTop subtypes moving P({result['class']}) (mean change vs the null-edit baseline, 95% CI):\n")
+    cols = ["rank", "node", "parent", "mean_delta_prob", "ci_low", "ci_high", "n_images", "effect"]
+    _emit(cols, [[r[c] for c in cols] for r in result["rows"]], "table")
+    click.echo(f"\nPlanted dependency (ground truth): {', '.join(result['planted'])}; "
+               f"recovered at rank 1: {'yes' if result['top'] and result['top'][0] in result['planted'] else 'NO'}")
+    click.echo(f"Ask more: diffex query --db {result['db']} \"SELECT * FROM top_subtypes('{result['class']}', 10)\"")
+
+
+@cli.command()
+@db_option
+@click.option("--images", "image_specs", multiple=True, metavar="PATH_OR_GLOB", help="Image file, directory or glob (repeatable).")
+@click.argument("more_images", nargs=-1, metavar="[PATH_OR_GLOB]...")
+@click.option("--taxonomy", type=click.Path(), required=True, help="Semantic hierarchy (JSON).")
+@click.option("--classifier", required=True, help="Classifier SPEC: demo:v1, demo:v2, python:PATH_OR_MODULE:ATTR, ...")
+@click.option("--editor", default="demo", show_default=True, help="Editor SPEC: demo, ledits:MODEL_ID_OR_PATH[?opts], ...")
+@click.option("--beam", type=int, default=8, show_default=True, help="Nodes kept per class at each level; 0 expands the whole tree.")
+@click.option("--samples", type=int, default=4, show_default=True, help="Edit seeds per (image, node).")
+@click.option("--depth", type=int, default=None, help="Deepest level to score (default: all).")
+@click.option("--min-delta", type=float, default=0.0, show_default=True, help="Expand only nodes with |mean delta P| at least this.")
+@click.option("--classes", multiple=True, help="Target classes of the beam search (repeatable; default all).")
+@click.option("--direction", "directions", multiple=True, type=click.Choice(["add", "remove"]), default=("add",),
+              show_default=True, help="Edit directions to try (repeatable).")
+@click.option("--require-gain", is_flag=True, help="Keep a child only when it explains more than its parent.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Image cache (default: <db stem>-cache beside the db).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's counts as one JSON object.")
+def index(db, image_specs, more_images, taxonomy, classifier, editor, beam, samples, depth, min_delta, classes,
+          directions, require_gain, cache_dir, as_json) -> None:
+    """Edit, score and store: fill DB with what every semantic does to the classifier."""
+    from diffex.indexer import run_index
+
+    specs = list(image_specs) + list(more_images)
+    if not specs:
+        raise UsageError("give images with --images PATH_OR_GLOB")
+    classes = [c for item in classes for c in item.split(",") if c]
+    stats = run_index(db, specs, taxonomy, classifier, editor, beam=beam, samples=samples, depth=depth,
+                      min_delta=min_delta, classes=classes or None, directions=directions,
+                      require_gain=require_gain, cache_dir=cache_dir,
+                      progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        _print_json(stats.to_dict())
+    else:
+        click.echo(f"{stats.images} images, {stats.nodes_scored} nodes scored to depth {stats.depth_reached}: "
+                   f"edits computed {stats.edits_computed}, reused {stats.edits_reused}; "
+                   f"scores computed {stats.scores_computed}; {stats.seconds:.1f} s")
+
+
+@cli.command()
+@db_option
+@click.argument("sql")
+@click.option("-p", "--param", "params", type=(str, str), multiple=True, metavar="NAME VALUE",
+              help="Bind $NAME to VALUE (repeatable).")
+@format_option
+def query(db, sql, params, fmt) -> None:
+    """Run read-only SQL against DB ('-' reads it from stdin). Try:
+
+    SELECT * FROM top_subtypes('old', 10)
+    """
+    from diffex.query import run_query
+
+    if sql == "-":
+        sql = sys.stdin.read()
+    result = run_query(db, sql, dict(params))
+    _emit(result.columns, result.rows, fmt)
+
+
+@cli.command()
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info(db, as_json) -> None:
+    """Show what DB holds: counts, classifiers, editors."""
+    from diffex.store import Store
+
+    with Store.open(db, read_only=True) as store:
+        data = store.info()
+    if as_json:
+        _print_json(data)
+        return
+    for key in ("db", "schema_version", "cache_dir", "taxonomies", "images", "nodes", "edits", "baselines", "scores"):
+        click.echo(f"{key:15} {data[key]}")
+    click.echo("classifiers:")
+    for c in data["classifiers"]:
+        click.echo(f"  {c['classifier_id'][:12]}  {c['spec'] or c['name']}  classes={','.join(c['class_names'] or [])}  indexed={c['indexed_at']}")
+    click.echo("editors:")
+    for e in data["editors"]:
+        click.echo(f"  {e['editor_id'][:12]}  {e['spec'] or e['name']}")
+
+
+@cli.command()
+@db_option
+def migrate(db) -> None:
+    """Upgrade DB to this version's schema (runs automatically on every write)."""
+    from diffex.store import Store
+
+    with Store.open(db) as store:
+        click.echo(f"{store.path}: schema version {store.info()['schema_version']}")
+
+
+if __name__ == "__main__":
+    main()
