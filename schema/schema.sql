@@ -3,7 +3,7 @@
 -- Every id is a content hash (see diffex/hashing.py), never a counter or a file name.
 
 CREATE TABLE diffex_schema (version INTEGER NOT NULL);
-INSERT INTO diffex_schema VALUES (2);
+INSERT INTO diffex_schema VALUES (3);
 
 -- A taxonomy version: its id hashes the normalised node list.
 CREATE TABLE taxonomies (
@@ -11,7 +11,9 @@ CREATE TABLE taxonomies (
     name        VARCHAR NOT NULL,
     domain      VARCHAR,
     source      VARCHAR,
-    created_at  TIMESTAMP DEFAULT current_timestamp
+    created_at  TIMESTAMP DEFAULT current_timestamp,
+    parent_taxonomy_id VARCHAR,        -- the version this one was curated from (v3)
+    note        VARCHAR                -- what the curation changed (v3)
 );
 
 -- Semantic hierarchy nodes. node_id hashes the path, so a node keeps its identity
@@ -112,4 +114,40 @@ CREATE TABLE runs (
     finished_at TIMESTAMP,
     args        JSON,
     stats       JSON
+);
+
+-- Added in version 3: CLIP embeddings, edit validity, cached VLM answers.
+CREATE TABLE embedders (
+    embedder_id VARCHAR PRIMARY KEY,   -- hash of the model weights and preprocessing
+    name        VARCHAR NOT NULL,
+    spec        VARCHAR,
+    dim         INTEGER NOT NULL,
+    metric      VARCHAR NOT NULL,      -- 'cosine' (vectors stored L2-normalised)
+    created_at  TIMESTAMP DEFAULT current_timestamp
+);
+CREATE TABLE embeddings (
+    embedder_id VARCHAR NOT NULL,
+    item_id     VARCHAR NOT NULL,      -- image_id, edit_id, node_id, or a text hash
+    item_kind   VARCHAR NOT NULL,      -- 'image' | 'edit' | 'node' | 'text'
+    vector      FLOAT[] NOT NULL,
+    PRIMARY KEY (embedder_id, item_id)
+);
+CREATE TABLE edit_validity (
+    edit_id       VARCHAR NOT NULL,
+    embedder_id   VARCHAR NOT NULL,
+    direction_sim DOUBLE,              -- cos(E(edit) - E(baseline), T(concept) - T(neutral))
+    baseline_sim  DOUBLE,              -- cos(E(edit), E(baseline)): how much else stayed
+    threshold     DOUBLE NOT NULL,
+    valid         BOOLEAN NOT NULL,
+    PRIMARY KEY (edit_id, embedder_id)
+);
+CREATE TABLE vlm_responses (
+    response_id VARCHAR PRIMARY KEY,   -- hash of (model, prompt, image ids)
+    model       VARCHAR NOT NULL,
+    prompt      VARCHAR NOT NULL,
+    image_ids   VARCHAR[] NOT NULL,
+    raw_text    VARCHAR NOT NULL,
+    parsed      JSON,
+    status      VARCHAR NOT NULL,      -- 'ok' | 'repaired' | 'rejected'
+    created_at  TIMESTAMP DEFAULT current_timestamp
 );
