@@ -15,33 +15,37 @@ from diffex.errors import DiffexError, UsageError
 from .output import FORMATS, format_rows, jsonable
 
 
-def _fail(exc: Exception, code: int) -> None:
-    click.echo(f"Error: {exc}", err=True)
-    sys.exit(code)
+class Failure(click.ClickException):
+    """A one-line error with its exit code: 1 for library errors, 2 for usage, 130 for Ctrl-C."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(" ".join(str(message).split("\n")[:1]))
+        self.exit_code = exit_code
+
+
+class DiffexGroup(click.Group):
+    """Applies diffex's error policy to every command, whether run from the shell or a test."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except UsageError as exc:
+            raise Failure(str(exc), 2) from None
+        except DiffexError as exc:
+            raise Failure(str(exc), 1) from None
+        except KeyboardInterrupt:
+            raise Failure("interrupted: everything committed so far is kept; run the same command again to resume", 130) from None
+        except Exception as exc:  # an internal bug: one line, the traceback on request
+            if os.environ.get("DIFFEX_DEBUG"):
+                raise
+            raise Failure(f"internal error {type(exc).__name__}: {exc} (set DIFFEX_DEBUG=1 for the traceback)", 1) from None
 
 
 def main() -> None:
-    """Console entry point: runs the click group with diffex's error policy."""
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except UsageError as exc:
-        _fail(exc, 2)
-    except DiffexError as exc:
-        _fail(exc, 1)
-    except KeyboardInterrupt:
-        click.echo("Interrupted: everything committed so far is kept; run the same command again to resume.", err=True)
-        sys.exit(130)
-    except Exception as exc:  # an internal bug: one line, the traceback on request
-        if os.environ.get("DIFFEX_DEBUG"):
-            raise
-        click.echo(f"Error: internal error {type(exc).__name__}: {exc} (set DIFFEX_DEBUG=1 for the traceback)", err=True)
-        sys.exit(1)
+    """Console entry point."""
+    cli(prog_name="diffex")
 
 
 format_option = click.option(
@@ -60,7 +64,7 @@ def _print_json(obj) -> None:
     click.echo(json.dumps(jsonable(obj), indent=2))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DiffexGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="diffex")
 def cli() -> None:
     """Explain image classifiers with semantic edits, cached in a queryable DuckDB store."""

@@ -94,23 +94,29 @@ SELECT classifier_id FROM (
 ORDER BY indexed_at DESC NULLS LAST
 LIMIT 1;
 
-CREATE OR REPLACE MACRO check_class(cls, clf_id) AS
-    CASE WHEN EXISTS (SELECT 1 FROM classes WHERE class_name = cls AND classifier_id = clf_id)
-         THEN TRUE
-         ELSE error('unknown class ' || coalesce(cls, 'NULL') || ' for classifier ' || clf_id
-                    || '; classes: ' || (SELECT string_agg(class_name, ', ' ORDER BY class_index)
-                                         FROM classes WHERE classifier_id = clf_id)) END;
+-- `cls` itself if the chosen classifier has that class, else an error listing its classes.
+-- (Used as a scalar subquery so it is evaluated even when no effect row would match.)
+CREATE OR REPLACE MACRO checked_class(cls, which) AS (
+    SELECT CASE WHEN count(*) > 0 THEN cls
+                ELSE error('unknown class ' || coalesce(cls, 'NULL') || '; classes: ' ||
+                           (SELECT string_agg(c2.class_name, ', ' ORDER BY c2.class_index)
+                            FROM classes c2, pick_classifier(which) p2 WHERE c2.classifier_id = p2.classifier_id)) END
+    FROM classes c, pick_classifier(which) p
+    WHERE c.classifier_id = p.classifier_id AND c.class_name = cls
+);
 
 -- Node effects for one class of one classifier (default: the most recently indexed).
 -- (DuckDB refuses a macro parameter named like a column it reads or returns, hence
 -- `edit_direction` and `classifier_name`; parameters are copied into `args` first.)
 CREATE OR REPLACE MACRO effects_for(target_class, classifier := NULL, edit_direction := 'add') AS TABLE
-WITH args AS (SELECT target_class AS want_class, edit_direction AS want_direction)
+WITH args AS (
+    SELECT edit_direction AS want_direction, pc.classifier_id AS want_classifier
+    FROM pick_classifier(classifier) pc
+)
 SELECT ne.*
-FROM node_effects ne, pick_classifier(classifier) pc, args
-WHERE ne.classifier_id = pc.classifier_id
-  AND check_class(args.want_class, pc.classifier_id)
-  AND ne.class_name = args.want_class
+FROM node_effects ne, args
+WHERE ne.classifier_id = args.want_classifier
+  AND ne.class_name = checked_class(target_class, classifier)
   AND ne.direction = args.want_direction;
 
 -- The question users ask first: which subtypes (nodes below a top-level group) move
@@ -161,14 +167,16 @@ ORDER BY t.sort_key;
 
 -- Per-image explanation: the nodes that moved class X most on one image.
 CREATE OR REPLACE MACRO image_explanation(image, target_class, classifier := NULL, edit_direction := 'add') AS TABLE
-WITH args AS (SELECT image AS want_image, target_class AS want_class, edit_direction AS want_direction)
+WITH args AS (
+    SELECT image AS want_image, edit_direction AS want_direction, pc.classifier_id AS want_classifier
+    FROM pick_classifier(classifier) pc
+)
 SELECT row_number() OVER (ORDER BY abs(ie.mean_delta_prob) DESC, ie.path) AS rank,
        ie.node, ie.path, round(ie.prob_baseline, 4) AS prob_baseline,
        round(ie.mean_delta_prob, 4) AS mean_delta_prob, ie.n_edits, ie.image_id, ie.uri
-FROM image_effects ie, pick_classifier(classifier) pc, args
-WHERE ie.classifier_id = pc.classifier_id
-  AND check_class(args.want_class, pc.classifier_id)
-  AND ie.class_name = args.want_class AND ie.direction = args.want_direction
+FROM image_effects ie, args
+WHERE ie.classifier_id = args.want_classifier
+  AND ie.class_name = checked_class(target_class, classifier) AND ie.direction = args.want_direction
   AND (ie.image_id = args.want_image OR starts_with(ie.image_id, args.want_image)
        OR ie.uri = args.want_image OR ie.uri LIKE '%/' || args.want_image)
 ORDER BY rank;
