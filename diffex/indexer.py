@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .beam import select_beam
-from .classifiers import Classifier, load_classifier
+from .classifiers import Classifier, load_classifier, score_images
 from .classify import ensure_scores
 from .edit import EditRequest, baseline_request, ensure_edits
 from .editors import Editor, load_editor
@@ -92,6 +92,8 @@ def run_index(
     if unknown:
         raise DiffexError(f"unknown class {unknown[0]!r}; {clf.spec or clf.name} has: {', '.join(clf.class_names)}")
     loaded = load_images(images)
+    # a classifier that returns the wrong shape or NaN fails here, before anything is stored
+    score_images(clf, [loaded[0][1]])
     pictures = {rec.image_id: im for rec, im in loaded}
     image_ids = [rec.image_id for rec, _ in loaded]
 
@@ -108,7 +110,7 @@ def run_index(
         # 2. register what this run is about
         store.add_taxonomy(tax, source=str(taxonomy) if isinstance(taxonomy, (str, Path)) else None)
         store.add_editor(ed)
-        store.add_classifier(clf)
+        store.add_classifier(clf, mark_indexed=False)
         store.add_images([rec for rec, _ in loaded])
 
         def count_edits(reqs: list[EditRequest]) -> list[str]:
@@ -151,6 +153,7 @@ def run_index(
             level += 1
         stats.nodes_scored = len(scored_nodes)
         stats.seconds = round(time.perf_counter() - t0, 3)
+        store.mark_indexed(clf.classifier_id)  # only a finished run makes it the query default
         store.finish_run(run_id, stats.to_dict())
     finally:
         if owns_store:

@@ -138,10 +138,14 @@ class Store:
                 [classifier.classifier_id, list(range(len(names))), names],
             )
             if mark_indexed:
-                self.con.execute(
-                    "UPDATE classifiers SET indexed_at = ? WHERE classifier_id = ?",
-                    [datetime.now(timezone.utc).replace(tzinfo=None), classifier.classifier_id],
-                )
+                self.mark_indexed(classifier.classifier_id)
+
+    def mark_indexed(self, classifier_id: str) -> None:
+        """Make this classifier the default of the query macros (the most recently indexed)."""
+        self.con.execute(
+            "UPDATE classifiers SET indexed_at = ? WHERE classifier_id = ?",
+            [datetime.now(timezone.utc).replace(tzinfo=None), classifier_id],
+        )
 
     def add_images(self, records: Sequence[ImageRecord]) -> None:
         if not records:

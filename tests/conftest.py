@@ -1,0 +1,101 @@
+"""Shared fixtures: small demo-world images, taxonomies and a real (tiny) classifier file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from diffex.demo.world import write_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_TAXONOMY = REPO / "diffex" / "demo" / "taxonomy.json"
+
+SMALL_TAXONOMY = {
+    "domain": "cartoon faces",
+    "categories": {
+        "facial hair": {"beard": ["goatee", "full beard"], "mustache": ["handlebar mustache"]},
+        "headwear": {"hat": ["top hat", "cap"]},
+        "hair colour": ["grey hair", "red hair"],
+    },
+}
+SMALL_NODES = 13  # 3 groups + beard, mustache, hat + 7 leaves
+
+# A real torch classifier on mean colour: "bright" rises with the image's mean intensity.
+BRIGHTNESS_CLASSIFIER = '''
+import numpy as np
+import torch
+
+class Brightness:
+    class_names = ["dark", "bright"]
+    preprocessing = {"op": "mean rgb / 255 - 0.5"}
+
+    def __init__(self, gain):
+        self.model = torch.nn.Linear(3, 2)
+        with torch.no_grad():
+            self.model.weight.copy_(torch.tensor([[-gain] * 3, [gain] * 3]))
+            self.model.bias.zero_()
+
+    def logits(self, images):
+        x = np.stack([np.asarray(im, dtype=np.float32).mean(axis=(0, 1)) / 255 - 0.5 for im in images])
+        return self.model(torch.from_numpy(x))
+
+def make():
+    return Brightness(4.0)
+
+def make_retrained():
+    return Brightness(9.0)
+
+class Broken(Brightness):
+    def logits(self, images):
+        return torch.zeros(len(images), 3)
+
+class Nan(Brightness):
+    def logits(self, images):
+        return torch.full((len(images), 2), float("nan"))
+
+def make_wrong_shape():
+    return Broken(1.0)
+
+def make_nan():
+    return Nan(1.0)
+'''
+
+
+@pytest.fixture(scope="session")
+def demo_images(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("demo-images")
+    write_dataset(folder, 6, start_seed=500)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def classifier_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("clf") / "brightness.py"
+    path.write_text(BRIGHTNESS_CLASSIFIER)
+    return path
+
+
+@pytest.fixture(scope="session")
+def brightness(classifier_file) -> str:
+    return f"python:{classifier_file}:make"
+
+
+@pytest.fixture
+def small_taxonomy(tmp_path) -> Path:
+    path = tmp_path / "taxonomy.json"
+    path.write_text(json.dumps(SMALL_TAXONOMY))
+    return path
+
+
+@pytest.fixture
+def cli_run():
+    """Run the diffex CLI in-process with the same error policy as the console script."""
+    from diffex.cli.main import cli
+
+    def run(*args: str, input: str | None = None):
+        return CliRunner().invoke(cli, [str(a) for a in args], input=input, prog_name="diffex")
+
+    return run
