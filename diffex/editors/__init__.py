@@ -12,6 +12,7 @@ from .base import EditSession, Editor
 EDITORS: dict[str, str] = {
     "demo": "diffex.editors.demo:from_spec",
     "ledits": "diffex.editors.ledits:from_spec",
+    "ledits-xl": "diffex.editors.ledits:from_spec_xl",
 }
 
 

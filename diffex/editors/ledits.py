@@ -1,0 +1,485 @@
+"""LEDITS++ editor backend (Stable Diffusion 1.x / 2.x, and SDXL as `ledits-xl:`).
+
+SPEC: `ledits:MODEL_ID_OR_PATH[?key=value&...]`, e.g.
+`ledits:stable-diffusion-v1-5/stable-diffusion-v1-5?steps=50&guidance=10`.
+
+Options (defaults = the DiffEx reference code): size=512 (square input, multiple of 32),
+steps=50 (inversion steps), skip=0.1, guidance=10 (edit_guidance_scale), threshold=0.75
+(edit_threshold), dtype (float16 on cuda, else float32), device (cuda if available, else
+cpu), batch=1 (accepted; edits run one at a time, see `LeditsSession.edit_many`),
+revision (hub models). The editor id hashes the model (hub id + revision, or the bytes of
+a local directory's weight and config files) and every option that changes pixels; not
+device or batch.
+
+Invert once, edit many. LEDITS++ draws fresh noise while inverting (the edit itself is
+deterministic given the inversion: `__call__` passes the stored noise maps `zs` to the
+scheduler), so the sample seed is what seeds the *inversion*. One inversion per
+(image, editor, seed) is computed once, written to the content-addressed cache as
+safetensors + a small JSON (the scheduler state that must go with it) and restored for
+every later edit of that image and seed, in this run or any later one. A restored
+inversion gives edits bit-identical to a fresh `invert()` + edit (tests check this).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import parse_qsl
+
+from PIL import Image
+
+from ..errors import DiffexError
+from ..hashing import hash_json
+from ..types import DIRECTIONS, Concept
+from .base import EditSession, Editor
+
+# Option -> (parser, default). Defaults are the DiffEx reference code's settings;
+# device/dtype defaults depend on the machine and are resolved in `from_spec`.
+OPTIONS: dict[str, Any] = {
+    "size": int,
+    "steps": int,
+    "skip": float,
+    "guidance": float,
+    "threshold": float,
+    "device": str,
+    "dtype": str,
+    "batch": int,
+    "revision": str,
+}
+DEFAULTS: dict[str, Any] = {"size": 512, "steps": 50, "skip": 0.1, "guidance": 10.0, "threshold": 0.75, "batch": 1}
+DTYPES = ("float16", "bfloat16", "float32")
+# The reconstruction (null edit) is taken from the inversion of this seed; samples 0..k-1
+# of the indexer share that inversion, so the baseline costs no extra inversion.
+RECONSTRUCT_SEED = 0
+# Weight and config files whose bytes define a local model's identity.
+_IDENTITY_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
+_FILE_HASHES: dict[tuple, str] = {}  # (path, ((name, size, mtime_ns), ...)) -> sha256; hashing SD weights takes seconds
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~", ".\\")) or os.path.isabs(model) or model in (".", "..")
+
+
+def parse_spec(rest: str) -> tuple[str, dict[str, str]]:
+    """Split `MODEL[?k=v&...]` into the model and raw option strings; unknown keys raise."""
+    model, _, query = rest.partition("?")
+    if not model:
+        raise DiffexError("ledits: needs a model id or path, e.g. ledits:stable-diffusion-v1-5/stable-diffusion-v1-5")
+    options = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise DiffexError(f"unknown ledits option(s) {', '.join(unknown)}; valid options: {', '.join(OPTIONS)}")
+    return model, options
+
+
+def from_spec(rest: str) -> "LeditsEditor":
+    return LeditsEditor(*parse_spec(rest))
+
+
+def from_spec_xl(rest: str) -> "LeditsXLEditor":
+    return LeditsXLEditor(*parse_spec(rest))
+
+
+def _local_model_hash(path: Path) -> str:
+    """sha256 over the weight and config files of a saved pipeline (relative name + bytes)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _IDENTITY_SUFFIXES)
+    if not any(p.suffix in (".safetensors", ".bin") for p in files):
+        raise DiffexError(f"{path} holds no .safetensors/.bin weights; expected a directory saved with save_pretrained")
+    signature = tuple((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    key = (str(path.resolve()), signature)
+    if key not in _FILE_HASHES:
+        h = hashlib.sha256()
+        for p in files:
+            h.update(str(p.relative_to(path)).encode() + b"\0")
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        _FILE_HASHES[key] = h.hexdigest()
+    return _FILE_HASHES[key]
+
+
+class LeditsEditor(Editor):
+    """LEDITS++ on a Stable Diffusion 1.x/2.x checkpoint (`LEditsPPPipelineStableDiffusion`).
+
+    Holds ONE pipeline, loaded on first use. LEDITS++ keeps the current inversion on the
+    pipeline object, so sessions share it under a lock and re-apply their inversion whenever
+    another session (or seed) used the pipeline since (tracked by an owner token).
+    """
+
+    name = "ledits"
+    pipeline_class = "LEditsPPPipelineStableDiffusion"
+    # Attributes `invert()` leaves on the pipeline and `__call__` reads (besides the scheduler).
+    state_tensors = ("init_latents", "zs", "inversion_steps")
+    state_values = ("batch_size", "eta")
+
+    def __init__(self, model: str, options: dict[str, str] | None = None):
+        options = dict(options or {})
+        parsed: dict[str, Any] = dict(DEFAULTS)
+        for key, raw in options.items():
+            try:
+                parsed[key] = OPTIONS[key](raw)
+            except ValueError:
+                raise DiffexError(f"ledits option {key}={raw!r} is not a valid {OPTIONS[key].__name__}") from None
+        if parsed["size"] <= 0 or parsed["size"] % 32:
+            raise DiffexError(f"ledits option size={parsed['size']} must be a positive multiple of 32")
+        if parsed["steps"] < 1:
+            raise DiffexError(f"ledits option steps={parsed['steps']} must be >= 1")
+        if not 0 <= parsed["skip"] < 1:
+            raise DiffexError(f"ledits option skip={parsed['skip']} must be in [0, 1)")
+        if not 0 <= parsed["threshold"] <= 1:
+            raise DiffexError(f"ledits option threshold={parsed['threshold']} must be in [0, 1]")
+        if parsed["batch"] < 1:
+            raise DiffexError(f"ledits option batch={parsed['batch']} must be >= 1")
+        if "device" not in parsed:
+            import torch
+
+            parsed["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        if "dtype" not in parsed:
+            parsed["dtype"] = "float16" if str(parsed["device"]).startswith("cuda") else "float32"
+        if parsed["dtype"] not in DTYPES:
+            raise DiffexError(f"ledits option dtype={parsed['dtype']!r}; valid: {', '.join(DTYPES)}")
+
+        self.model = model
+        self.options = parsed
+        self.local_path: Path | None = None
+        expanded = Path(os.path.expanduser(model))
+        if expanded.exists():
+            self.local_path = expanded
+        elif _looks_like_path(model):
+            raise DiffexError(f"ledits model path {model} does not exist")
+        self._config: dict[str, Any] | None = None
+        self._pipe = None
+        self._lock = threading.RLock()
+        self._active: tuple[str, int] | None = None  # (session token, seed) whose inversion is on the pipeline
+        self.counters = {"inversions": 0, "restores": 0, "edits": 0, "reconstructions": 0}
+        self.seconds = {"load": 0.0, "invert": 0.0, "edit": 0.0}
+
+    # ----- identity -------------------------------------------------------------------
+    @property
+    def config(self) -> dict[str, Any]:
+        if self._config is None:
+            if self.local_path is not None:
+                model = {"sha256": _local_model_hash(self.local_path)}
+                scheduler_file = self.local_path / "scheduler" / "scheduler_config.json"
+                scheduler = json.loads(scheduler_file.read_text()) if scheduler_file.exists() else None
+            else:
+                # A hub checkpoint is pinned by id + revision; its scheduler config comes with it.
+                model = {"id": self.model, "revision": self.options.get("revision", "main")}
+                scheduler = None
+            if isinstance(scheduler, dict):
+                scheduler = {k: v for k, v in scheduler.items() if not k.startswith("_")}
+            o = self.options
+            self._config = {
+                "pipeline": self.pipeline_class,
+                "model": model,
+                "scheduler": scheduler,
+                "size": o["size"],
+                "steps": o["steps"],
+                "skip": o["skip"],
+                "guidance": o["guidance"],
+                "threshold": o["threshold"],
+                "dtype": o["dtype"],
+                # What the seed drives, so a change of that contract changes the id.
+                "seeding": "inversion",
+            }
+        return self._config
+
+    # ----- pipeline -------------------------------------------------------------------
+    def pipeline(self):
+        """The loaded pipeline (loads on first call). Raises DiffexError when it cannot be loaded."""
+        if self._pipe is None:
+            with self._lock:
+                if self._pipe is None:
+                    self._pipe = self._load()
+        return self._pipe
+
+    def _load(self):
+        import torch
+        import diffusers
+
+        start = time.perf_counter()
+        cls = getattr(diffusers, self.pipeline_class)
+        source = str(self.local_path) if self.local_path is not None else self.model
+        # diffusers >= 0.42 renamed torch_dtype to dtype (the old name still works, with a warning).
+        from diffusers.utils import deprecation_utils
+
+        dtype_key = "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
+        kwargs: dict[str, Any] = {dtype_key: getattr(torch, self.options["dtype"])}
+        if "revision" in self.options:
+            kwargs["revision"] = self.options["revision"]
+        try:
+            pipe = cls.from_pretrained(source, **kwargs)
+        except Exception as exc:  # hub/offline/corrupt files all arrive as different types
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise DiffexError(
+                f"cannot load LEDITS++ model {self.model!r} ({reason}); no network here? "
+                "put the model in the local Hugging Face cache and set HF_HUB_OFFLINE=1, "
+                "or pass a local path saved with save_pretrained (ledits:/path/to/model)"
+            ) from None
+        try:
+            pipe = pipe.to(self.options["device"])
+        except Exception as exc:
+            raise DiffexError(f"cannot move the LEDITS++ pipeline to device {self.options['device']!r}: {exc}") from None
+        pipe.set_progress_bar_config(disable=True)
+        self.seconds["load"] += time.perf_counter() - start
+        return pipe
+
+    def generator(self, seed: int):
+        import torch
+
+        device = self.options["device"]
+        return torch.Generator(device="cpu" if device == "mps" else device).manual_seed(int(seed))
+
+    # ----- inversion state on the pipeline ----------------------------------------------
+    def capture_state(self, pipe) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The inversion `invert()` left on `pipe`: tensors (cloned, contiguous) and plain values."""
+        tensors = {name: getattr(pipe, name).detach().contiguous().clone() for name in self.state_tensors}
+        tensors["scheduler_timesteps"] = pipe.scheduler.timesteps.detach().contiguous().clone()
+        values = {name: _jsonable(getattr(pipe, name)) for name in self.state_values}
+        values["timestep_spacing"] = pipe.scheduler.config.timestep_spacing
+        values["num_timesteps"] = int(len(pipe.scheduler.timesteps))
+        return tensors, values
+
+    def apply_state(self, pipe, tensors: dict[str, Any], values: dict[str, Any]) -> None:
+        """Put a (cached) inversion back on `pipe`, exactly as `invert()` would have left it."""
+        from diffusers.models.attention_processor import AttnProcessor
+
+        device = pipe.device
+        for name in self.state_tensors:
+            setattr(pipe, name, tensors[name].to(device))
+        for name in self.state_values:
+            value = values[name]
+            setattr(pipe, name, tuple(value) if isinstance(value, list) else value)
+        # Restoring only the tensors gives a silently different image or an IndexError
+        # (ENVIRONMENT.md): the edit reads timesteps from the scheduler's state.
+        pipe.scheduler.register_to_config(timestep_spacing=values["timestep_spacing"])
+        pipe.scheduler.set_timesteps(values["num_timesteps"])
+        if not _tensor_equal(pipe.scheduler.timesteps, tensors["scheduler_timesteps"]):
+            raise DiffexError("cached LEDITS++ inversion does not match this scheduler; delete the inversions cache")
+        pipe.unet.set_attn_processor(AttnProcessor())  # what invert() does before its UNet passes
+
+    def _out_of_memory(self, exc: BaseException) -> DiffexError:
+        return DiffexError(
+            f"out of GPU memory while running LEDITS++ at size={self.options['size']}, batch={self.options['batch']}: "
+            "try a smaller batch (batch=1) or image size (e.g. size=384), or dtype=float16"
+        )
+
+    def open(self, image: Image.Image, image_id: str, cache_dir: Path) -> "LeditsSession":
+        return LeditsSession(self, image, image_id, Path(cache_dir))
+
+
+class LeditsXLEditor(LeditsEditor):
+    """LEDITS++ on SDXL (`LEditsPPPipelineStableDiffusionXL`): same options; its invert()
+    also leaves the image `size` on the pipeline, used for SDXL's time ids."""
+
+    name = "ledits-xl"
+    pipeline_class = "LEditsPPPipelineStableDiffusionXL"
+    state_values = ("batch_size", "eta", "size")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def _tensor_equal(a, b) -> bool:
+    import torch
+
+    return a.shape == b.shape and bool(torch.equal(a.cpu(), b.cpu()))
+
+
+class LeditsSession(EditSession):
+    """Edits of one image. `meta` records how the input was prepared (original size, resized)."""
+
+    def __init__(self, editor: LeditsEditor, image: Image.Image, image_id: str, cache_dir: Path):
+        self.editor = editor
+        self.image_id = image_id
+        self.cache_dir = cache_dir
+        size = editor.options["size"]
+        original_mode = image.mode
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        resized = rgb.size != (size, size)
+        self.image = rgb.resize((size, size), Image.Resampling.BICUBIC) if resized else rgb.copy()
+        self.meta: dict[str, Any] = {
+            "original_width": image.width,
+            "original_height": image.height,
+            "original_mode": original_mode,
+            "resized": resized,
+            "size": size,
+            "inversions": 0,  # computed here
+            "restored": 0,  # loaded from the cache
+        }
+        self.token = uuid.uuid4().hex
+        self._inversions: dict[int, tuple[dict, dict]] = {}
+        self.seconds = 0.0
+
+    # ----- inversion cache -------------------------------------------------------------
+    def inversion_key(self, seed: int) -> str:
+        return hash_json({"image": self.image_id, "editor": self.editor.editor_id, "seed": int(seed)})[:32]
+
+    def inversion_path(self, seed: int) -> Path:
+        key = self.inversion_key(seed)
+        return self.cache_dir / "inversions" / key[:2] / f"{key}.safetensors"
+
+    def _inversion(self, seed: int) -> tuple[dict, dict]:
+        """This image's inversion for `seed`: from memory, else the cache, else computed and cached."""
+        if seed in self._inversions:
+            return self._inversions[seed]
+        path = self.inversion_path(seed)
+        state = self._load_cached(path, seed)
+        if state is None:
+            state = self._invert(seed)
+            self._save(path, seed, *state)
+        self._inversions[seed] = state
+        return state
+
+    def _load_cached(self, path: Path, seed: int) -> tuple[dict, dict] | None:
+        side = path.with_suffix(".json")
+        if not (path.exists() and side.exists()):
+            return None
+        from safetensors.torch import load_file
+
+        try:
+            values = json.loads(side.read_text())
+            tensors = load_file(str(path))
+        except Exception:
+            return None  # a torn or foreign file: recompute and overwrite
+        if values.get("key") != self.inversion_key(seed) or set(tensors) != {
+            *self.editor.state_tensors,
+            "scheduler_timesteps",
+        }:
+            return None
+        self.meta["restored"] += 1
+        self.editor.counters["restores"] += 1
+        return tensors, values
+
+    def _invert(self, seed: int) -> tuple[dict, dict]:
+        editor = self.editor
+        pipe = editor.pipeline()
+        o = editor.options
+        start = time.perf_counter()
+        with editor._lock:
+            try:
+                pipe.invert(
+                    image=self.image,
+                    num_inversion_steps=o["steps"],
+                    skip=o["skip"],
+                    generator=editor.generator(seed),
+                    height=o["size"],
+                    width=o["size"],
+                )
+            except Exception as exc:
+                _reraise(editor, exc)
+            editor._active = None  # the pipeline now holds a raw invert(); re-applied below
+            state = editor.capture_state(pipe)
+        seconds = time.perf_counter() - start
+        editor.seconds["invert"] += seconds
+        self.seconds += seconds
+        editor.counters["inversions"] += 1
+        self.meta["inversions"] += 1
+        return state
+
+    def _save(self, path: Path, seed: int, tensors: dict, values: dict) -> None:
+        from safetensors.torch import save_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        side = path.with_suffix(".json")
+        record = {**values, "key": self.inversion_key(seed), "image_id": self.image_id,
+                  "editor_id": self.editor.editor_id, "seed": int(seed)}
+        # Write to temporary names and rename, so a crash never leaves a half file under the key.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp))
+        tmp_side = tmp.with_suffix(".json")
+        tmp_side.write_text(json.dumps(record, sort_keys=True))
+        os.replace(tmp_side, side)
+        os.replace(tmp, path)
+
+    def _activate(self, seed: int):
+        """Make the pipeline hold this image's inversion for `seed`. Call with the editor lock held.
+
+        Fresh and restored inversions both go through `apply_state`, so the two paths run
+        exactly the same tensors through the edit."""
+        editor = self.editor
+        tensors, values = self._inversion(seed)
+        pipe = editor.pipeline()
+        if editor._active != (self.token, seed):
+            editor.apply_state(pipe, tensors, values)
+            editor._active = (self.token, seed)
+        return pipe
+
+    # ----- edits -------------------------------------------------------------------------
+    def reconstruct(self) -> Image.Image:
+        # LEDITS++ accepts editing_prompt=None ("the image is reconstructed"): the same
+        # denoising loop as an edit, with the unconditional branch only and the same stored
+        # noise maps, so the baseline carries exactly the inversion/VAE artefacts the edits do.
+        # It uses the inversion of RECONSTRUCT_SEED (shared with that sample's edits).
+        image = self._run(RECONSTRUCT_SEED, editing_prompt=None)
+        self.editor.counters["reconstructions"] += 1
+        return image
+
+    def edit(self, concepts: Sequence[Concept], seed: int) -> Image.Image:
+        if not concepts:
+            raise DiffexError("edit needs at least one concept (use reconstruct() for the null edit)")
+        for c in concepts:
+            if c.direction not in DIRECTIONS:
+                raise DiffexError(f"concept direction {c.direction!r}; valid: {', '.join(DIRECTIONS)}")
+        o = self.editor.options
+        image = self._run(
+            seed,
+            editing_prompt=[c.prompt for c in concepts],
+            reverse_editing_direction=[c.direction == "remove" for c in concepts],
+            edit_guidance_scale=o["guidance"],
+            edit_threshold=o["threshold"],
+        )
+        self.editor.counters["edits"] += 1
+        return image
+
+    def edit_many(self, requests: Sequence[tuple[Sequence[Concept], int]]) -> list[Image.Image]:
+        """Sequential on purpose: the diffusers pipeline batches only *joint* prompts of one
+        edit, not independent edits, so batching them would change pixels. Requests are run
+        grouped by seed (fewer inversion swaps) and returned in the caller's order."""
+        order = sorted(range(len(requests)), key=lambda i: int(requests[i][1]))
+        out: list[Image.Image | None] = [None] * len(requests)
+        for i in order:
+            concepts, seed = requests[i]
+            out[i] = self.edit(concepts, seed)
+        return out  # type: ignore[return-value]
+
+    def _run(self, seed: int, **kwargs: Any) -> Image.Image:
+        editor = self.editor
+        start = time.perf_counter()
+        with editor._lock:
+            pipe = self._activate(int(seed))
+            try:
+                result = pipe(generator=editor.generator(seed), output_type="pil", **kwargs)
+            except Exception as exc:
+                _reraise(editor, exc)
+        seconds = time.perf_counter() - start
+        editor.seconds["edit"] += seconds
+        self.seconds += seconds
+        if result.nsfw_content_detected and any(result.nsfw_content_detected):
+            self.meta["nsfw_blanked"] = self.meta.get("nsfw_blanked", 0) + 1
+        return result.images[0]
+
+    def close(self) -> None:
+        self._inversions.clear()
+        if self.editor._active is not None and self.editor._active[0] == self.token:
+            self.editor._active = None
+
+
+def _reraise(editor: LeditsEditor, exc: BaseException) -> None:
+    """Turn a GPU out-of-memory error into a one-line DiffexError; re-raise anything else as is."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        raise editor._out_of_memory(exc) from None
+    raise exc

@@ -1,0 +1,115 @@
+"""A tiny random-weight Stable Diffusion 1.x pipeline saved to disk, for offline LEDITS++ tests.
+
+Recipe from docs/ENVIRONMENT.md: own byte-level BPE tokenizer, a 2-layer CLIP text encoder,
+a three-level UNet (two levels break LEDITS++'s attention aggregation), a 2-level VAE and the
+sde-dpmsolver++ scheduler (DDIM breaks `invert()` with diffusers 0.42).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Words the tiny tokenizer encodes as single tokens; anything else falls back to bytes.
+WORDS = ("a", "photo", "of", "person", "beard", "hat", "glasses", "smile", "red", "blue", "dog", "cat")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def build_tokenizer():
+    from transformers import CLIPTokenizer
+
+    chars = list(_bytes_to_unicode().values())
+    vocab_list = chars + [c + "</w>" for c in chars]
+    merges: list[tuple[str, str]] = []
+    for word in WORDS:
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:
+            pair = (parts[0], parts[1])
+            if pair not in merges:
+                merges.append(pair)
+            merged = parts[0] + parts[1]
+            if merged not in vocab_list:
+                vocab_list.append(merged)
+            parts = [merged] + parts[2:]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(vocab_list)}
+    return CLIPTokenizer(vocab, merges, model_max_length=77)
+
+
+def build_tiny_sd(directory: "str | Path", seed: int = 0) -> Path:
+    """Build and `save_pretrained` a tiny seeded SD pipeline into `directory`; returns that path."""
+    import torch
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    directory = Path(directory)
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            vocab_size=len(tokenizer.get_vocab()),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            layer_norm_eps=1e-5,
+            projection_dim=32,
+        )
+    )
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        algorithm_type="sde-dpmsolver++",
+        solver_order=2,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(directory)
+    return directory

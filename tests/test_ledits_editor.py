@@ -1,0 +1,158 @@
+"""LEDITS++ editor on a tiny random-weight SD pipeline built on disk (offline, seconds).
+
+One module-scoped run computes the fresh edits once; the other tests restore its cached
+inversions into new editor objects and compare bytes, which keeps the suite fast.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("diffusers")
+
+from diffex.editors import load_editor  # noqa: E402
+from diffex.errors import DiffexError  # noqa: E402
+from diffex.hashing import hash_image  # noqa: E402
+from diffex.types import Concept  # noqa: E402
+
+from ledits_fixtures import build_tiny_sd  # noqa: E402
+
+OPTIONS = "?size=64&steps=4"
+BEARD = Concept("beard", "add")
+NO_BEARD = Concept("beard", "remove")
+HAT = Concept("hat", "add")
+
+
+def _bytes(image: Image.Image) -> bytes:
+    return np.asarray(image).tobytes()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine oversubscribed
+    torch threads make each UNet call ~10x slower; restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="module")
+def photo():
+    # 80x48 RGBA: exercises both the RGB conversion and the resize to 64x64.
+    pixels = np.random.RandomState(0).randint(0, 256, size=(48, 80, 4), dtype=np.uint8)
+    return Image.fromarray(pixels, "RGBA")
+
+
+@pytest.fixture(scope="module")
+def fresh(model_path, photo, tmp_path_factory):
+    """Edits from freshly computed inversions, and the cache dir they were written to."""
+    cache_dir = tmp_path_factory.mktemp("cache")
+    editor = load_editor("ledits:" + str(model_path) + OPTIONS)
+    with editor.open(photo, hash_image(photo), cache_dir) as session:
+        out = {
+            "add": session.edit([BEARD], seed=0),
+            "remove": session.edit([NO_BEARD], seed=0),
+            "add_seed1": session.edit([BEARD], seed=1),
+            "hat": session.edit([HAT], seed=0),
+            "joint": session.edit([BEARD, HAT], seed=0),
+            "baseline": session.reconstruct(),
+            "meta": dict(session.meta),
+        }
+    out["cache_dir"] = cache_dir
+    out["editor"] = editor
+    return out
+
+
+def test_sizes_conversion_and_fresh_inversions(fresh):
+    for key in ("add", "remove", "joint", "baseline"):
+        assert fresh[key].size == (64, 64) and fresh[key].mode == "RGB"
+    meta = fresh["meta"]
+    assert meta["resized"] is True and meta["original_mode"] == "RGBA"
+    assert (meta["original_width"], meta["original_height"]) == (80, 48)
+    # One inversion per seed, shared by every edit (and the baseline) of that seed.
+    assert meta["inversions"] == 2 and meta["restored"] == 0
+    assert fresh["editor"].counters["inversions"] == 2
+    assert len(list((fresh["cache_dir"] / "inversions").rglob("*.safetensors"))) == 2
+
+
+def test_edits_differ_by_direction_seed_and_joint(fresh):
+    assert _bytes(fresh["add"]) != _bytes(fresh["baseline"])
+    assert _bytes(fresh["add"]) != _bytes(fresh["remove"])
+    assert _bytes(fresh["add"]) != _bytes(fresh["add_seed1"])
+    assert _bytes(fresh["joint"]) not in {_bytes(fresh["add"]), _bytes(fresh["hat"])}
+
+
+def test_cached_inversion_reproduces_fresh_edits_bit_for_bit(model_path, photo, fresh):
+    editor = load_editor("ledits:" + str(model_path) + OPTIONS)  # new editor, new pipeline object
+    assert editor.editor_id == fresh["editor"].editor_id
+    pipe = editor.pipeline()
+    assert pipe is not fresh["editor"].pipeline()
+    calls = []
+    original_invert = pipe.invert
+    pipe.invert = lambda *a, **k: calls.append(1) or original_invert(*a, **k)
+    with editor.open(photo, hash_image(photo), fresh["cache_dir"]) as session:
+        add = session.edit([BEARD], seed=0)
+        baseline = session.reconstruct()
+        # Returned in request order although run grouped by seed.
+        many = session.edit_many([([BEARD], 1), ([BEARD], 0)])
+        assert session.meta["restored"] == 2 and session.meta["inversions"] == 0
+    assert calls == [] and editor.counters["inversions"] == 0
+    assert _bytes(add) == _bytes(fresh["add"])  # same seed -> identical, across runs
+    assert _bytes(baseline) == _bytes(fresh["baseline"])
+    assert [_bytes(m) for m in many] == [_bytes(fresh["add_seed1"]), _bytes(fresh["add"])]
+
+
+def test_sessions_sharing_one_pipeline_restore_their_own_inversion(photo, fresh):
+    editor = fresh["editor"]
+    other = Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8))
+    with editor.open(photo, hash_image(photo), fresh["cache_dir"]) as a, editor.open(
+        other, hash_image(other), fresh["cache_dir"]
+    ) as b:
+        b.edit([BEARD], seed=0)  # b's inversion is now on the shared pipeline
+        assert _bytes(a.edit([BEARD], seed=0)) == _bytes(fresh["add"])
+
+
+def test_editor_id_tracks_pixel_options_only(model_path, fresh):
+    def editor_id(options: str) -> str:
+        return load_editor("ledits:" + str(model_path) + options).editor_id
+
+    base = fresh["editor"].editor_id
+    assert editor_id(OPTIONS) == base
+    assert editor_id("?size=64&steps=8") != base
+    assert editor_id(OPTIONS + "&guidance=5") != base
+    assert editor_id(OPTIONS + "&threshold=0.9") != base
+    assert editor_id(OPTIONS + "&dtype=float16") != base
+    assert editor_id(OPTIONS + "&device=cpu&batch=4") == base
+    assert load_editor("ledits-xl:" + str(model_path) + OPTIONS).editor_id != base  # SDXL pipeline, other id
+    config = fresh["editor"].config
+    assert len(config["model"]["sha256"]) == 64
+    assert config["scheduler"]["algorithm_type"] == "sde-dpmsolver++"
+    hub = load_editor("ledits:some-org/some-model?revision=abc")
+    assert hub.config["model"] == {"id": "some-org/some-model", "revision": "abc"}
+
+
+def test_bad_specs_raise_diffex_errors(model_path, tmp_path):
+    with pytest.raises(DiffexError, match="valid options: size, steps"):
+        load_editor("ledits:" + str(model_path) + "?sise=64")
+    with pytest.raises(DiffexError, match="multiple of 32"):
+        load_editor("ledits:" + str(model_path) + "?size=50")
+    with pytest.raises(DiffexError, match="does not exist"):
+        load_editor("ledits:" + str(tmp_path / "no-such-model"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken" / "weights.safetensors").write_bytes(b"")
+    broken = load_editor("ledits:" + str(tmp_path / "broken"))
+    with pytest.raises(DiffexError, match="HF_HUB_OFFLINE"):
+        broken.pipeline()
+    with pytest.raises(DiffexError, match="no .safetensors/.bin weights"):
+        load_editor("ledits:" + str(tmp_path / "empty")).editor_id
