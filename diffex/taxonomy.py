@@ -1,23 +1,26 @@
 """Load a semantic hierarchy into a normalised, validated Taxonomy.
 
 Accepted: the paper-style nested JSON `{"domain": ..., "categories": {"group": {"sub": ["leaf", ...]}}}`
-of any depth (lists, objects or null at the leaves), or the bare `{"group": {...}}` mapping.
+of any depth (lists, objects or null at the leaves), or the bare `{"group": {...}}` mapping; the
+reference code's format (the same envelope), node objects with per-node prompts, YAML and plain
+indented outlines (see diffex/taxonomy_formats.py for every shape).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from .errors import DiffexError
 from .hashing import hash_json, node_id_for
+from .taxonomy_formats import Entry, parse_nested, read_file
 from .types import Node, Taxonomy
 
 MAX_NODES = 5000
 MAX_DEPTH = 8
 MAX_LABEL = 120
+MAX_PROMPT = 300
 
 
 def normalise_label(label: Any) -> str:
@@ -41,67 +44,120 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
     return seen
 
 
-def from_mapping(data: Any, name: str = "taxonomy", domain: str | None = None) -> Taxonomy:
-    """Build a Taxonomy from the nested structure (see module docstring)."""
-    if isinstance(data, dict) and "categories" in data:
-        domain = domain or data.get("domain")
-        name = data.get("name") or name
-        tree = data["categories"]
-    else:
-        tree = data
-    if not isinstance(tree, dict) or not tree:
-        raise DiffexError("taxonomy must be a non-empty JSON object of groups (optionally under \"categories\")")
+def from_mapping(
+    data: Any, name: str = "taxonomy", domain: str | None = None, *,
+    merge_duplicates: bool = False, notes: list[str] | None = None,
+) -> Taxonomy:
+    """Build a Taxonomy from the nested structure (see module docstring and taxonomy_formats).
 
+    merge_duplicates=False (files): a label used twice anywhere, or equal to an ancestor, is an
+    error. True (model output): siblings with one label are merged, and a label already used
+    elsewhere in the tree (or by an ancestor) is dropped; each fix is described in `notes`.
+    """
+    parsed = parse_nested(data)
+    return build_taxonomy(parsed.roots, parsed.name or name, domain or parsed.domain,
+                          merge_duplicates=merge_duplicates, notes=notes)
+
+
+def normalise_prompt(prompt: Any, where: str) -> str:
+    if not isinstance(prompt, str):
+        raise DiffexError(f"taxonomy prompt of {where} is not text: {prompt!r}")
+    text = re.sub(r"\s+", " ", prompt).strip()
+    if not text:
+        raise DiffexError(f"taxonomy prompt of {where} is empty")
+    if len(text) > MAX_PROMPT:
+        raise DiffexError(f"taxonomy prompt of {where} is longer than {MAX_PROMPT} characters")
+    return text
+
+
+def _merge_siblings(items: list[Entry], parent: tuple[str, ...], notes: list[str]) -> list[tuple[str, Entry]]:
+    """Siblings with the same normalised label become one node holding all their children."""
+    merged: dict[str, Entry] = {}
+    for item in items:
+        label = normalise_label(item.label)
+        if label not in merged:
+            merged[label] = Entry(label, item.prompt, list(item.children))
+            continue
+        kept = merged[label]
+        notes.append(f"merged duplicate {' > '.join(parent + (label,))!r}")
+        if kept.prompt is None:
+            kept.prompt = item.prompt
+        kept.children.extend(item.children)
+    return list(merged.items())
+
+
+def build_taxonomy(
+    roots: list[Entry], name: str = "taxonomy", domain: str | None = None, *,
+    merge_duplicates: bool = False, notes: list[str] | None = None,
+) -> Taxonomy:
+    """Normalise and validate raw entries (in order) into a Taxonomy. Raises DiffexError."""
+    notes = notes if notes is not None else []
     nodes: list[Node] = []
     where: dict[str, tuple[str, ...]] = {}  # label -> first path, to explain duplicates
 
-    def add(label_raw: Any, children: Any, parent: Node | None) -> None:
-        label = normalise_label(label_raw)
+    def add(label: str, entry: Entry, parent: Node | None) -> None:
         path = (parent.path if parent else ()) + (label,)
         if label in path[:-1]:
+            if merge_duplicates:
+                notes.append(f"dropped {' > '.join(path)!r}: the label repeats an ancestor")
+                return
             raise DiffexError(f"taxonomy has a cycle: {' > '.join(path)}")
         if len(path) > MAX_DEPTH:
             raise DiffexError(f"taxonomy is deeper than {MAX_DEPTH} levels at {' > '.join(path)}")
         if label in where:
+            if merge_duplicates:
+                notes.append(f"dropped {' > '.join(path)!r}: {label!r} is already at {' > '.join(where[label])!r}")
+                return
             raise DiffexError(
                 f"taxonomy label {label!r} appears twice ({' > '.join(where[label])} and {' > '.join(path)}); "
                 "labels are editing prompts, so give each a distinct label"
             )
         where[label] = path
-        node = Node(node_id=node_id_for(path), path=path, prompt=label, parent_id=parent.node_id if parent else None)
+        prompt = label if entry.prompt is None else normalise_prompt(entry.prompt, " > ".join(path))
+        node = Node(node_id=node_id_for(path), path=path, prompt=prompt, parent_id=parent.node_id if parent else None)
         nodes.append(node)
         if len(nodes) > MAX_NODES:
             raise DiffexError(f"taxonomy has more than {MAX_NODES} nodes")
-        for child_label, grandchildren in _children(children, path):
-            add(child_label, grandchildren, node)
+        for child_label, child in _labelled(entry.children, path):
+            add(child_label, child, node)
 
-    for group, children in tree.items():
-        add(group, children, None)
+    def _labelled(items: list[Entry], parent: tuple[str, ...]) -> list[tuple[str, Entry]]:
+        if merge_duplicates:
+            return _merge_siblings(items, parent, notes)
+        return [(normalise_label(item.label), item) for item in items]
+
+    for label, entry in _labelled(roots, ()):
+        add(label, entry, None)
+    if not nodes:
+        raise DiffexError("taxonomy has no nodes")
     domain = domain or "images"
     tax_id = hash_json({"domain": domain, "nodes": [(n.path, n.prompt) for n in nodes]})[:32]
     return Taxonomy(taxonomy_id=tax_id, name=name, domain=domain, nodes=tuple(nodes))
 
 
-def _children(value: Any, path: tuple[str, ...]) -> list[tuple[Any, Any]]:
-    if value is None or value == {} or value == []:
-        return []
-    if isinstance(value, dict):
-        return list(value.items())
-    if isinstance(value, (list, tuple)):
-        out = []
-        for item in value:
-            if isinstance(item, dict):  # [{"beard": [...]}, "mustache"]
-                out.extend(item.items())
-            else:
-                out.append((item, None))
-        return out
-    if isinstance(value, str):
-        return [(value, None)]
-    raise DiffexError(f"taxonomy entry under {' > '.join(path)} is neither a list nor an object: {value!r}")
+def to_nested(taxonomy: Taxonomy) -> dict:
+    """The paper-style JSON (`{"domain", "name", "categories"}`) that `load_taxonomy` reads back
+    into the very same taxonomy id; a node whose prompt differs from its label keeps it."""
+
+    def value(node: Node) -> Any:
+        kids = taxonomy.children(node.node_id)
+        own = node.prompt != node.label
+        if not kids:
+            return {"prompt": node.prompt} if own else []
+        tree = level(kids)
+        return {"prompt": node.prompt, "children": tree} if own else tree
+
+    def level(kids: list[Node]) -> Any:
+        if all(not taxonomy.children(k.node_id) for k in kids):
+            return [k.label if k.prompt == k.label else {"label": k.label, "prompt": k.prompt} for k in kids]
+        return {k.label: value(k) for k in kids}
+
+    return {"domain": taxonomy.domain, "name": taxonomy.name, "categories": level(taxonomy.children(None))}
 
 
 def load_taxonomy(source: "str | Path | Taxonomy | dict") -> Taxonomy:
-    """Load from a JSON file path, a mapping, or pass a Taxonomy through. Raises DiffexError."""
+    """Load from a file (.json; .yaml/.yml; .txt/.md outline), a mapping, or pass a Taxonomy
+    through. Raises DiffexError with a one-line message."""
     if isinstance(source, Taxonomy):
         return source
     if isinstance(source, dict):
@@ -109,12 +165,5 @@ def load_taxonomy(source: "str | Path | Taxonomy | dict") -> Taxonomy:
     path = Path(source)
     if not path.is_file():
         raise DiffexError(f"taxonomy file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DiffexError(f"cannot read taxonomy {path}: {exc}") from None
-    try:
-        data = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
-    except json.JSONDecodeError as exc:
-        raise DiffexError(f"taxonomy {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    return from_mapping(data, name=path.stem)
+    parsed = read_file(path, _reject_duplicate_keys)
+    return build_taxonomy(parsed.roots, parsed.name or path.stem, parsed.domain)
