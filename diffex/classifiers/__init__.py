@@ -11,6 +11,9 @@ from .base import Classifier, score_images
 CLASSIFIERS: dict[str, str] = {
     "demo": "diffex.demo.classifier:from_spec",
     "python": "diffex.classifiers.python_spec:from_spec",
+    "hf": "diffex.classifiers.hf:from_spec",
+    "torchscript": "diffex.classifiers.torchscript:from_spec",
+    "clip": "diffex.classifiers.clip:from_spec",
 }
 
 
