@@ -35,6 +35,10 @@ class DiffexGroup(click.Group):
             raise Failure(str(exc), 2) from None
         except DiffexError as exc:
             raise Failure(str(exc), 1) from None
+        except BrokenPipeError:
+            # `diffex query ... | head`: the reader left; stop quietly like any Unix tool
+            sys.stderr.close()
+            os._exit(0)
         except KeyboardInterrupt:
             raise Failure("interrupted: everything committed so far is kept; run the same command again to resume", 130) from None
         except Exception as exc:  # an internal bug: one line, the traceback on request
@@ -89,19 +93,23 @@ def demo(db, n_images, classifier, samples, as_json) -> None:
     s = result["stats"]
     click.echo(f"  edits computed {s['edits_computed']}, reused {s['edits_reused']}; scores computed {s['scores_computed']}; {s['seconds']:.1f} s")
     click.echo(f"\nTop subtypes moving P({result['class']}) (mean change vs the null-edit baseline, 95% CI):\n")
-    cols = ["rank", "node", "parent", "mean_delta_prob", "ci_low", "ci_high", "n_images", "effect"]
+    cols = ["rank", "node", "parent", "mean_delta_prob", "ci_low", "ci_high", "n_images", "n_invalid", "effect"]
+    cols = [c for c in cols if c in (result["rows"][0] if result["rows"] else {})]
     _emit(cols, [[r[c] for c in cols] for r in result["rows"]], "table")
     click.echo(f"\nPlanted dependency (ground truth): {', '.join(result['planted'])}; "
                f"recovered at rank 1: {'yes' if result['top'] and result['top'][0] in result['planted'] else 'NO'}")
+    click.echo("(n_invalid: edits the demo CLIP judged not to show the concept, left out of the effect)")
     click.echo(f"Ask more: diffex query --db {result['db']} \"SELECT * FROM top_subtypes('{result['class']}', 10)\"")
+    click.echo(f"          diffex search --db {result['db']} \"a face with a goatee\" --class {result['class']} --k 5")
 
 
 @cli.command()
 @db_option
 @click.option("--images", "image_specs", multiple=True, metavar="PATH_OR_GLOB", help="Image file, directory or glob (repeatable).")
 @click.argument("more_images", nargs=-1, metavar="[PATH_OR_GLOB]...")
-@click.option("--taxonomy", type=click.Path(), required=True, help="Semantic hierarchy (JSON).")
-@click.option("--classifier", required=True, help="Classifier SPEC: demo:v1, demo:v2, python:PATH_OR_MODULE:ATTR, ...")
+@click.option("--taxonomy", type=click.Path(), required=True, help="Semantic hierarchy: .json, .yaml/.yml, or an indented .txt/.md outline.")
+@click.option("--classifier", required=True, help="Classifier SPEC: demo:v1, demo:v2, python:PATH_OR_MODULE:ATTR, hf:MODEL_ID_OR_PATH, "
+                   "torchscript:PATH?class_names=a,b&size=224&mean=...&std=..., clip:MODEL_ID_OR_PATH?labels=a,b")
 @click.option("--editor", default="demo", show_default=True, help="Editor SPEC: demo, ledits:MODEL_ID_OR_PATH[?opts], ...")
 @click.option("--beam", type=int, default=8, show_default=True, help="Nodes kept per class at each level; 0 expands the whole tree.")
 @click.option("--samples", type=int, default=4, show_default=True, help="Edit seeds per (image, node).")
@@ -112,9 +120,17 @@ def demo(db, n_images, classifier, samples, as_json) -> None:
               show_default=True, help="Edit directions to try (repeatable).")
 @click.option("--require-gain", is_flag=True, help="Keep a child only when it explains more than its parent.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Image cache (default: <db stem>-cache beside the db).")
+@click.option("--embedder", default=None, metavar="SPEC",
+              help="Store CLIP vectors and judge edit validity: clip:MODEL_ID_OR_PATH, demo.")
+@click.option("--validity-threshold", type=float, default=None,
+              help="Edits whose CLIP direction similarity is below this are invalid (default: the embedder's).")
+@click.option("--joint", type=int, default=0, show_default=True,
+              help="After the walk, edit combinations of N semantics together (0 = off, 2-5) and report the best per class.")
+@click.option("--joint-top", type=int, default=None,
+              help="Combine among the top M single nodes per class (default: max(beam, 4)).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's counts as one JSON object.")
 def index(db, image_specs, more_images, taxonomy, classifier, editor, beam, samples, depth, min_delta, classes,
-          directions, require_gain, cache_dir, as_json) -> None:
+          directions, require_gain, cache_dir, embedder, validity_threshold, joint, joint_top, as_json) -> None:
     """Edit, score and store: fill DB with what every semantic does to the classifier."""
     from diffex.indexer import run_index
 
@@ -124,7 +140,8 @@ def index(db, image_specs, more_images, taxonomy, classifier, editor, beam, samp
     classes = [c for item in classes for c in item.split(",") if c]
     stats = run_index(db, specs, taxonomy, classifier, editor, beam=beam, samples=samples, depth=depth,
                       min_delta=min_delta, classes=classes or None, directions=directions,
-                      require_gain=require_gain, cache_dir=cache_dir,
+                      require_gain=require_gain, cache_dir=cache_dir, embedder=embedder,
+                      validity_threshold=validity_threshold, joint=joint, joint_top=joint_top,
                       progress=not as_json and sys.stderr.isatty())
     if as_json:
         _print_json(stats.to_dict())
@@ -132,6 +149,9 @@ def index(db, image_specs, more_images, taxonomy, classifier, editor, beam, samp
         click.echo(f"{stats.images} images, {stats.nodes_scored} nodes scored to depth {stats.depth_reached}: "
                    f"edits computed {stats.edits_computed}, reused {stats.edits_reused}; "
                    f"scores computed {stats.scores_computed}; {stats.seconds:.1f} s")
+        for cls, best in stats.best_joint.items():
+            click.echo(f"best joint for {cls}: {' + '.join(best['nodes'])}  mean delta P {best['mean_delta_prob']:+.4f}"
+                       f" (sum of singles {best['sum_single_delta_prob'] or 0:+.4f})")
 
 
 @cli.command()
@@ -151,6 +171,39 @@ def query(db, sql, params, fmt) -> None:
         sql = sys.stdin.read()
     result = run_query(db, sql, dict(params))
     _emit(result.columns, result.rows, fmt)
+
+
+@cli.command()
+@db_option
+@click.argument("text", required=False)
+@click.option("--k", "k", type=int, default=20, show_default=True, help="How many results.")
+@click.option("--class", "class_name", default=None, help="Add each result's P(CLASS) and its change vs the baseline.")
+@click.option("--classifier", default=None, help="Classifier of --class (default: the most recently indexed).")
+@click.option("--image", type=click.Path(dir_okay=False), default=None, help="Search by an image file instead of text.")
+@click.option("--kind", type=click.Choice(["edit", "image"]), default="edit", show_default=True,
+              help="Search edited images or the original images.")
+@click.option("--nodes", "nodes", is_flag=True, help="Find the taxonomy nodes nearest to TEXT (any words, not only labels).")
+@click.option("--embedder", default=None, metavar="SPEC", help="Embedder whose vectors to search (default: the most recent).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Image cache (default: <db stem>-cache beside the db).")
+@format_option
+def search(db, text, k, class_name, classifier, image, kind, nodes, embedder, cache_dir, fmt) -> None:
+    """Find edits (or images, or taxonomy nodes) by meaning, with their effect on a class. Try:
+
+    diffex search --db data/demo.duckdb "a face with a goatee" --class old --k 10
+    """
+    from diffex import search as lib
+
+    if nodes:
+        if image is not None or text is None:
+            raise UsageError("--nodes takes a TEXT query, not --image")
+        rows = lib.nodes_like(db, text, k=k, embedder=embedder, cache_dir=cache_dir)
+    else:
+        rows = lib.search(db, text=text, image=image, k=k, kind=kind, class_name=class_name,
+                          classifier=classifier, embedder=embedder, cache_dir=cache_dir)
+    columns = list(rows[0]) if rows else ["rank", "similarity", "node", "path"]
+    if fmt == "table":  # ids and paths make a table unreadable; json/csv keep every column
+        columns = [c for c in columns if c not in ("edit_id", "image_id", "uri", "cache_path", "classifier_name")]
+    _emit(columns, [[r.get(c) for c in columns] for r in rows], fmt)
 
 
 @cli.command()
@@ -183,6 +236,15 @@ def migrate(db) -> None:
 
     with Store.open(db) as store:
         click.echo(f"{store.path}: schema version {store.info()['schema_version']}")
+
+
+from .taxonomy_cmds import taxonomy  # noqa: E402 (a command group in its own file)
+
+cli.add_command(taxonomy)
+
+from .compare_cmd import compare  # noqa: E402 (one command in its own file)
+
+cli.add_command(compare)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .beam import select_beam
+from .beam import joint_candidates, joint_combinations, select_beam
 from .classifiers import Classifier, load_classifier, score_images
 from .classify import ensure_scores
 from .edit import EditRequest, baseline_request, ensure_edits
 from .editors import Editor, load_editor
+from .embed import TextTemplates, embed_nodes, ensure_embeddings, ensure_validity
+from .embedders import Embedder, load_embedder
 from .errors import DiffexError, UsageError
 from .images import load_images
 from .store import Store
@@ -33,10 +35,16 @@ class IndexStats:
     scores_computed: int = 0
     seconds: float = 0.0
     depth_reached: int = 0
+    embeddings_computed: int = 0  # images and edits embedded (with --embedder)
+    edits_invalid: int = 0  # edits judged invalid in this run (the concept never appeared)
+    embedder_id: str = ""
     classifier_id: str = ""
     editor_id: str = ""
     taxonomy_id: str = ""
     beam: dict[str, list[str]] = field(default_factory=dict)  # class -> labels kept at any level
+    # with joint >= 2: class -> {"nodes", "directions", "mean_delta_prob", "sum_single_delta_prob", "interaction", ...}
+    best_joint: dict[str, dict[str, Any]] = field(default_factory=dict)
+    joint_combinations: int = 0  # combinations scored with joint edits
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,12 +74,25 @@ def run_index(
     require_gain: bool = False,
     cache_dir: "str | Path | None" = None,
     progress: bool = False,
+    embedder: "str | Embedder | None" = None,
+    validity_threshold: float | None = None,
+    text_templates: "TextTemplates | None" = None,
+    joint: int = 0,
+    joint_top: int | None = None,
 ) -> IndexStats:
     """Index `images` against `taxonomy` with `editor` and `classifier` into the store at `db`.
 
     beam: nodes kept per class at each level (0 = expand the whole tree); samples: edit seeds per
     (image, node); depth: deepest level to score (None = all); classes: target classes of the
-    beam search (default all; every class is scored regardless). Raises DiffexError on bad input.
+    beam search (default all; every class is scored regardless). embedder: an embedder SPEC
+    (`clip:MODEL`, `demo`) to store CLIP vectors of originals, baselines, edits and node texts
+    and judge every edit's validity (diffex/embed.py; invalid edits are left out of the effect
+    views and of the beam search); validity_threshold overrides the embedder's own;
+    text_templates: how concepts become text (default from the taxonomy's domain).
+    joint: after the walk, combine `joint` (2..5) semantics into joint edits per target class,
+    among the `joint_top` (default max(beam, 4)) strongest scored nodes of that class (rule in
+    diffex/beam.py `compatible`); the best combination per class lands in `stats.best_joint`.
+    Raises DiffexError on bad input.
     """
     t0 = time.perf_counter()
     # 1. check inputs before any compute
@@ -81,6 +102,10 @@ def run_index(
         raise UsageError(f"--beam must be 0 (whole tree) or positive, got {beam}")
     if depth is not None and depth < 1:
         raise UsageError(f"--depth must be at least 1, got {depth}")
+    if joint and not 2 <= joint <= 5:
+        raise UsageError(f"--joint must be 0 (off) or 2 to 5 semantics per combination, got {joint}")
+    if joint_top is not None and joint_top < joint:
+        raise UsageError(f"--joint-top must be at least --joint ({joint}), got {joint_top}")
     bad = [d for d in directions if d not in DIRECTIONS]
     if bad or not directions:
         raise UsageError(f"unknown direction {bad[0] if bad else ''!r}; valid: {', '.join(DIRECTIONS)}")
@@ -96,6 +121,8 @@ def run_index(
     score_images(clf, [loaded[0][1]])
     pictures = {rec.image_id: im for rec, im in loaded}
     image_ids = [rec.image_id for rec, _ in loaded]
+    emb = load_embedder(embedder) if embedder is not None else None
+    templates = text_templates or TextTemplates(domain=tax.domain)
 
     owns_store = not isinstance(db, Store)
     store = Store.open(db, cache_dir=cache_dir) if owns_store else db
@@ -105,7 +132,8 @@ def run_index(
         run_id = store.start_run("index", {
             "images": [str(i) for i in images], "taxonomy": tax.taxonomy_id, "classifier": clf.spec,
             "editor": ed.spec, "beam": beam, "samples": samples, "depth": depth, "min_delta": min_delta,
-            "classes": targets, "directions": list(directions),
+            "classes": targets, "directions": list(directions), "embedder": emb.spec if emb else None,
+            "joint": joint, "joint_top": joint_top,
         })
         # 2. register what this run is about
         store.add_taxonomy(tax, source=str(taxonomy) if isinstance(taxonomy, (str, Path)) else None)
@@ -128,21 +156,44 @@ def run_index(
         stats.scores_computed += ensure_scores(
             store, clf, [(rec.image_id, (lambda im=im: im)) for rec, im in loaded], progress_bar
         )
-        score(count_edits([baseline_request(i) for i in image_ids]))
+        baseline_ids = count_edits([baseline_request(i) for i in image_ids])
+        score(baseline_ids)
+
+        def embed(edit_ids: list[str]) -> None:
+            # vectors of these edits (and validity of the single ones): after scoring, before the beam
+            if emb is None:
+                return
+            rows = store.edits_by_id(edit_ids)
+            items = [(eid, "edit", (lambda rel=rows[eid]["cache_path"]: store.cache.load(rel))) for eid in edit_ids]
+            stats.embeddings_computed += ensure_embeddings(store, emb, items, progress_bar)
+            stats.edits_invalid += ensure_validity(store, emb, edit_ids, templates, validity_threshold).invalid
+
+        if emb is not None:
+            stats.embedder_id = emb.embedder_id
+            store.add_embedder(emb)
+            embed_nodes(store, emb, tax.nodes, templates)
+            stats.embeddings_computed += ensure_embeddings(
+                store, emb, [(rec.image_id, "image", (lambda im=im: im)) for rec, im in loaded], progress_bar
+            )
+            embed(baseline_ids)
 
         # 4. beam search down the hierarchy
         frontier: list[Node] = tax.children(None)
         parent_effects: dict = {}
         level = 1
         scored_nodes: set[str] = set()
+        all_effects: dict = {}  # every level's effects, for the joint step
         while frontier and (depth is None or level <= depth):
             reqs = [
                 EditRequest(image_id=i, concepts=(Concept(n.prompt, d),), seed=s, node_ids=(n.node_id,))
                 for n in frontier for i in image_ids for d in directions for s in range(samples)
             ]
-            score(count_edits(reqs))
+            level_ids = count_edits(reqs)
+            score(level_ids)
+            embed(level_ids)
             scored_nodes.update(n.node_id for n in frontier)
             effects = store.node_effects_for(clf.classifier_id, ed.editor_id, [n.node_id for n in frontier], image_ids)
+            all_effects.update(effects)
             kept = select_beam(frontier, effects, targets, beam, directions, min_delta, require_gain, parent_effects)
             for cls, nodes in kept.items():
                 stats.beam.setdefault(cls, []).extend(n.label for n in nodes)
@@ -152,6 +203,30 @@ def run_index(
             frontier = [c for n in frontier if n.node_id in expand for c in tax.children(n.node_id)]
             level += 1
         stats.nodes_scored = len(scored_nodes)
+
+        # 5. joint step: the best combination of `joint` semantics per target class
+        if joint:
+            scored = [n for n in tax.nodes if n.node_id in scored_nodes]
+            top = joint_top or max(beam, 4)
+            plans = {
+                cls: joint_combinations(joint_candidates(scored, all_effects, cls, top, directions, min_delta), joint)
+                for cls in targets
+            }
+            # concepts in path order: the edit id ignores prompt order, so the pixels must too
+            combos = list(dict.fromkeys(tuple(sorted(c, key=lambda nd: nd[0].path)) for cs in plans.values() for c in cs))
+            stats.joint_combinations = len(combos)
+            joint_ids = count_edits([
+                EditRequest(image_id=i, concepts=tuple(Concept(n.prompt, d) for n, d in combo), seed=s,
+                            node_ids=tuple(n.node_id for n, _ in combo))
+                for combo in combos for i in image_ids for s in range(samples)
+            ])
+            score(joint_ids)
+            embed(joint_ids)
+            found = store.joint_effects_for(clf.classifier_id, ed.editor_id, image_ids)
+            for cls, cs in plans.items():
+                rows = [found[key] for c in cs if (key := (tuple(sorted((n.node_id, d) for n, d in c)), cls)) in found]
+                if rows:
+                    stats.best_joint[cls] = max(rows, key=lambda r: (abs(r["mean_delta_prob"]), r["nodes"]))
         stats.seconds = round(time.perf_counter() - t0, 3)
         store.mark_indexed(clf.classifier_id)  # only a finished run makes it the query default
         store.finish_run(run_id, stats.to_dict())

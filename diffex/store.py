@@ -96,11 +96,15 @@ class Store:
         return _Transaction(self.con)
 
     # ------------------------------------------------------------------ writes
-    def add_taxonomy(self, taxonomy: Taxonomy, source: str | None = None) -> None:
+    def add_taxonomy(self, taxonomy: Taxonomy, source: str | None = None, *,
+                     parent_taxonomy_id: str | None = None, note: str | None = None) -> None:
+        """Register a taxonomy version (a no-op for one already stored). Node rows are kept in
+        the taxonomy's order, which `taxonomy_node_rows` gives back."""
         with self.transaction():
             self.con.execute(
-                "INSERT OR IGNORE INTO taxonomies (taxonomy_id, name, domain, source) VALUES (?, ?, ?, ?)",
-                [taxonomy.taxonomy_id, taxonomy.name, taxonomy.domain, source],
+                """INSERT OR IGNORE INTO taxonomies (taxonomy_id, name, domain, source, parent_taxonomy_id, note)
+                   VALUES (?, ?, ?, ?, ?, ?)""",
+                [taxonomy.taxonomy_id, taxonomy.name, taxonomy.domain, source, parent_taxonomy_id, note],
             )
             nodes = taxonomy.nodes
             self.con.execute(
@@ -115,9 +119,13 @@ class Store:
                     [n.prompt for n in nodes],
                 ],
             )
+            # a plain INSERT keeps the rows in the taxonomy's order (INSERT OR IGNORE reorders them),
+            # and that order is part of the taxonomy id, so a stored version can be rebuilt exactly
             self.con.execute(
-                "INSERT OR IGNORE INTO taxonomy_nodes (taxonomy_id, node_id) SELECT ?, unnest(?)",
-                [taxonomy.taxonomy_id, [n.node_id for n in nodes]],
+                """INSERT INTO taxonomy_nodes (taxonomy_id, node_id)
+                   SELECT ?, node_id FROM (SELECT unnest(?) AS node_id)
+                   WHERE node_id NOT IN (SELECT node_id FROM taxonomy_nodes WHERE taxonomy_id = ?)""",
+                [taxonomy.taxonomy_id, [n.node_id for n in nodes], taxonomy.taxonomy_id],
             )
 
     def add_editor(self, editor) -> None:
@@ -255,7 +263,265 @@ class Store:
                GROUP BY ALL""",
             [classifier_id, editor_id, list(node_ids), list(image_ids)],
         ).fetchall()
-        return {(r[0], r[1], r[2]): float(r[3]) for r in rows}
+        # NULL: every edit of the node was judged invalid, so it has no measured effect
+        return {(r[0], r[1], r[2]): float(r[3]) for r in rows if r[3] is not None}
+
+    def joint_effects_for(
+        self, classifier_id: str, editor_id: str, image_ids: Sequence[str]
+    ) -> dict[tuple[tuple[tuple[str, str], ...], str], dict]:
+        """{(((node_id, direction), ... sorted), class_name): row} of the joint edits on `image_ids`;
+        a row has nodes, directions, mean_delta_prob, sum_single_delta_prob, interaction, n_images
+        (see schema/views.sql `joint_image_effects`)."""
+        if not image_ids:
+            return {}
+        rows = self._rows(
+            """SELECT node_ids, directions, nodes, class_name,
+                      avg(mean_delta_prob) AS mean_delta_prob,
+                      avg(sum_single_delta_prob) AS sum_single_delta_prob,
+                      avg(interaction) AS interaction, count(*) AS n_images
+               FROM joint_image_effects
+               WHERE classifier_id = ? AND editor_id = ? AND image_id IN (SELECT unnest(?))
+               GROUP BY ALL""",
+            [classifier_id, editor_id, list(image_ids)],
+        )
+        return {(tuple(sorted(zip(r["node_ids"], r["directions"]))), r.pop("class_name")): r for r in rows}
+
+    def paired_image_effects(
+        self, classifier_a: str, classifier_b: str, class_name: str | None = None, direction: str = "add"
+    ) -> list[dict]:
+        """Per (node, class, image): the effect under A and under B over the very same edits
+        (see schema/views.sql `paired_image_effects`); `class_name` None = every shared class."""
+        try:
+            return self._paired_image_effects(classifier_a, classifier_b, class_name, direction)
+        except duckdb.CatalogException:
+            raise DiffexError(
+                f"{self.path} was written by an older diffex without the compare macros; "
+                f"open it once for writing (`diffex migrate --db {self.path}`) to add them"
+            ) from None
+
+    def _paired_image_effects(self, classifier_a: str, classifier_b: str, class_name: str | None, direction: str) -> list[dict]:
+        return self._rows(
+            """SELECT p.*, n.label AS node, n.path, n.depth, parent.label AS parent
+               FROM paired_image_effects(?, ?) p
+               JOIN nodes n ON n.node_id = p.node_id
+               LEFT JOIN nodes parent ON parent.node_id = n.parent_id
+               WHERE p.direction = ? AND (?::VARCHAR IS NULL OR p.class_name = ?)
+               ORDER BY n.path, p.class_name, p.image_id""",
+            [classifier_a, classifier_b, direction, class_name, class_name],
+        )
+
+    # ------------------------------------------------------------------ embeddings (see diffex/embed.py)
+    def add_embedder(self, embedder) -> None:
+        self.con.execute(
+            "INSERT OR IGNORE INTO embedders (embedder_id, name, spec, dim, metric) VALUES (?, ?, ?, ?, ?)",
+            [embedder.embedder_id, embedder.name, embedder.spec, int(embedder.dim), embedder.metric],
+        )
+
+    def embedders(self) -> list[dict]:
+        """Registered embedders, the most recently registered first, with their vector counts."""
+        return self._rows(
+            """SELECT m.embedder_id, m.name, m.spec, m.dim, m.metric, m.created_at,
+                      (SELECT count(*) FROM embeddings x WHERE x.embedder_id = m.embedder_id) AS n_vectors
+               FROM embedders m ORDER BY m.created_at DESC, m.embedder_id"""
+        )
+
+    def resolve_embedder(self, which: str | None = None) -> dict:
+        """The embedder named by id, id prefix, name or spec; else the most recently registered."""
+        rows = self.embedders()
+        if not rows:
+            raise DiffexError(f"{self.path} has no embeddings (index it with `diffex index --embedder SPEC`)")
+        if which is None:
+            return rows[0]
+        for r in rows:
+            if which in (r["embedder_id"], r["spec"], r["name"]) or (len(which) >= 6 and r["embedder_id"].startswith(which)):
+                return r
+        raise DiffexError(f"embedder {which!r} has no vectors in {self.path}; known: {', '.join(r['spec'] or r['name'] for r in rows)}")
+
+    def embedded_items(self, embedder_id: str, item_ids: Sequence[str]) -> set[str]:
+        if not item_ids:
+            return set()
+        rows = self.con.execute(
+            "SELECT item_id FROM embeddings WHERE embedder_id = ? AND item_id IN (SELECT unnest(?))",
+            [embedder_id, list(item_ids)],
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def add_embeddings(self, embedder_id: str, item_ids: Sequence[str], item_kinds: Sequence[str], vectors: np.ndarray) -> None:
+        """Insert or replace vectors (float32 [N, dim]) in one statement; the dimension must be the embedder's."""
+        if not len(item_ids):
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        row = self.con.execute("SELECT dim FROM embedders WHERE embedder_id = ?", [embedder_id]).fetchone()
+        if row is None or vectors.ndim != 2 or vectors.shape != (len(item_ids), row[0]):
+            raise DiffexError(f"vectors of shape {vectors.shape} do not fit embedder {embedder_id[:12]} "
+                              f"(dimension {row[0] if row else 'unregistered'})")
+        n, d = vectors.shape
+        # a registered dict of numpy columns is scanned in bulk (a list of lists is ~30x slower)
+        flat = {"row": np.repeat(np.arange(n, dtype=np.int64), d), "pos": np.tile(np.arange(d, dtype=np.int32), n),
+                "val": vectors.reshape(-1)}
+        meta = {"row": np.arange(n, dtype=np.int64), "item_id": np.array(list(item_ids), dtype=object),
+                "item_kind": np.array(list(item_kinds), dtype=object)}
+        cur = self.con.cursor()  # register() refuses a connection with a pending result
+        cur.register("_diffex_vec_flat", flat)
+        cur.register("_diffex_vec_meta", meta)
+        try:
+            cur.execute(
+                """INSERT OR REPLACE INTO embeddings (embedder_id, item_id, item_kind, vector)
+                   SELECT ?, m.item_id, m.item_kind, v.vector
+                   FROM (SELECT row, list(val ORDER BY pos) AS vector FROM _diffex_vec_flat GROUP BY row) v
+                   JOIN _diffex_vec_meta m USING (row)""",
+                [embedder_id],
+            )
+        finally:
+            cur.close()
+
+    def copy_embeddings(self, embedder_id: str, pairs: Sequence[tuple[str, str]], item_kind: str) -> None:
+        """For each (source item, target item), store the source's vector again under the target
+        id (a node's vector is the vector of its prompt text)."""
+        if not pairs:
+            return
+        self.con.execute(
+            """INSERT OR REPLACE INTO embeddings (embedder_id, item_id, item_kind, vector)
+               SELECT e.embedder_id, p.target, ?, e.vector
+               FROM (SELECT unnest(?) AS source, unnest(?) AS target) p
+               JOIN embeddings e ON e.embedder_id = ? AND e.item_id = p.source""",
+            [item_kind, [p[0] for p in pairs], [p[1] for p in pairs], embedder_id],
+        )
+
+    def embeddings(
+        self, embedder_id: str, kinds: Sequence[str] | None = None, item_ids: Sequence[str] | None = None,
+        exclude_ids: Sequence[str] | None = None,
+    ) -> tuple[list[str], list[str], np.ndarray]:
+        """(item ids, kinds, float32 [N, dim]) ordered by item id."""
+        sql = "SELECT item_id, item_kind, vector FROM embeddings WHERE embedder_id = ?"
+        params: list[Any] = [embedder_id]
+        if kinds is not None:
+            sql += " AND item_kind IN (SELECT unnest(?))"
+            params.append(list(kinds))
+        if item_ids is not None:
+            sql += " AND item_id IN (SELECT unnest(?))"
+            params.append(list(item_ids))
+        if exclude_ids:
+            sql += " AND item_id NOT IN (SELECT unnest(?))"
+            params.append(list(exclude_ids))
+        cols = self.con.execute(sql + " ORDER BY item_id", params).fetchnumpy()
+        ids = [str(i) for i in cols["item_id"]]
+        dim = self.con.execute("SELECT dim FROM embedders WHERE embedder_id = ?", [embedder_id]).fetchone()
+        matrix = (np.stack([np.asarray(v, dtype=np.float32) for v in cols["vector"]]) if ids
+                  else np.zeros((0, dim[0] if dim else 0), np.float32))
+        return ids, [str(k) for k in cols["item_kind"]], matrix
+
+    def embedding_fingerprint(self, embedder_id: str, kinds: Sequence[str], item_ids: Sequence[str] | None = None) -> tuple[int, str]:
+        """(count, checksum over ids AND vectors) of stored vectors: what a derived vector index
+        must match to be trusted."""
+        sql = """SELECT count(*), coalesce(sum(hash(item_id, vector)), 0)::VARCHAR FROM embeddings
+                 WHERE embedder_id = ? AND item_kind IN (SELECT unnest(?))"""
+        params: list[Any] = [embedder_id, list(kinds)]
+        if item_ids is not None:
+            sql += " AND item_id IN (SELECT unnest(?))"
+            params.append(list(item_ids))
+        n, checksum = self.con.execute(sql, params).fetchone()
+        return int(n), str(checksum)
+
+    def validity_rows(self, embedder_id: str, edit_ids: Sequence[str]) -> dict[str, dict]:
+        if not edit_ids:
+            return {}
+        rows = self._rows(
+            "SELECT * FROM edit_validity WHERE embedder_id = ? AND edit_id IN (SELECT unnest(?))",
+            [embedder_id, list(edit_ids)],
+        )
+        return {r["edit_id"]: r for r in rows}
+
+    def add_validity(self, embedder_id: str, rows: Sequence[tuple[str, float, float, float, bool]]) -> None:
+        """rows: (edit_id, direction_sim, baseline_sim, threshold, valid)."""
+        if not rows:
+            return
+        cols = list(zip(*rows))
+        self.con.execute(
+            """INSERT OR REPLACE INTO edit_validity (edit_id, embedder_id, direction_sim, baseline_sim, threshold, valid)
+               SELECT unnest(?), ?, unnest(?), unnest(?), unnest(?), unnest(?)""",
+            [list(cols[0]), embedder_id, [float(x) for x in cols[1]], [float(x) for x in cols[2]],
+             [float(x) for x in cols[3]], [bool(x) for x in cols[4]]],
+        )
+
+    def edit_concepts(self, edit_ids: Sequence[str]) -> dict[str, list[str]]:
+        """{edit id: prompts of the nodes it was made for and of all their descendants}: a group
+        edit ("beard") shows one of its subtypes, so any of them is evidence that it worked."""
+        if not edit_ids:
+            return {}
+        rows = self.con.execute(
+            """WITH RECURSIVE d(edit_id, node_id, prompt) AS (
+                   SELECT en.edit_id, n.node_id, n.prompt FROM edit_nodes en JOIN nodes n ON n.node_id = en.node_id
+                   WHERE en.edit_id IN (SELECT unnest(?))
+                   UNION
+                   SELECT d.edit_id, c.node_id, c.prompt FROM d JOIN nodes c ON c.parent_id = d.node_id
+               )
+               SELECT edit_id, list(DISTINCT prompt ORDER BY prompt) FROM d GROUP BY edit_id""",
+            [list(edit_ids)],
+        ).fetchall()
+        return {r[0]: list(r[1]) for r in rows}
+
+    def single_edits(self, edit_ids: Sequence[str]) -> list[dict]:
+        """Single edits among `edit_ids` with their image's null-edit baseline (for validity)."""
+        if not edit_ids:
+            return []
+        return self._rows(
+            """SELECT e.edit_id, e.image_id, e.prompts[1] AS prompt, e.direction, e.cache_path,
+                      b.edit_id AS baseline_id
+               FROM edits e
+               JOIN edits b ON b.image_id = e.image_id AND b.editor_id = e.editor_id
+                           AND b.kind = 'baseline' AND b.status = 'ok'
+               WHERE e.kind = 'single' AND e.status = 'ok' AND e.edit_id IN (SELECT unnest(?))
+               ORDER BY e.edit_id""",
+            [list(edit_ids)],
+        )
+
+    # ------------------------------------------------------------------ taxonomy versions and VLM answers
+    def taxonomy_versions(self) -> list[dict]:
+        """Every taxonomy version, the newest first, with its lineage and node count."""
+        return self._rows(
+            """SELECT t.taxonomy_id, t.name, t.domain, t.source, t.created_at, t.parent_taxonomy_id, t.note,
+                      (SELECT count(*) FROM taxonomy_nodes x WHERE x.taxonomy_id = t.taxonomy_id AND x.active) AS nodes
+               FROM taxonomies t ORDER BY t.created_at DESC, t.rowid DESC"""
+        )
+
+    def resolve_taxonomy(self, which: str | None = None) -> dict:
+        """The version named by id, id prefix (6+ characters) or name (its newest); else the newest."""
+        rows = self.taxonomy_versions()
+        if not rows:
+            raise DiffexError(f"{self.path} has no taxonomy yet (run `diffex index` or `diffex taxonomy propose`)")
+        if which is None:
+            return rows[0]
+        for r in rows:
+            if which in (r["taxonomy_id"], r["name"]) or (len(which) >= 6 and r["taxonomy_id"].startswith(which)):
+                return r
+        raise DiffexError(f"unknown taxonomy {which!r}; see `diffex taxonomy versions --db {self.path}`")
+
+    def taxonomy_node_rows(self, taxonomy_id: str) -> list[dict]:
+        """The active nodes of one version, in the order they were added (parents before children)."""
+        return self._rows(
+            """SELECT n.node_id, n.parent_id, n.path, n.label, n.depth, n.prompt
+               FROM taxonomy_nodes tn JOIN nodes n USING (node_id)
+               WHERE tn.taxonomy_id = ? AND tn.active ORDER BY tn.rowid""",
+            [taxonomy_id],
+        )
+
+    def promote_taxonomy(self, taxonomy_id: str) -> None:
+        """Make an existing version the newest again (curation arrived back at it)."""
+        self.con.execute("UPDATE taxonomies SET created_at = current_timestamp WHERE taxonomy_id = ?", [taxonomy_id])
+
+    def vlm_response(self, response_id: str) -> dict | None:
+        rows = self._rows("SELECT * FROM vlm_responses WHERE response_id = ?", [response_id])
+        return rows[0] if rows else None
+
+    def put_vlm_response(self, response_id: str, model: str, prompt: str, image_ids: Sequence[str],
+                         raw_text: str, parsed: Any, status: str) -> None:
+        self.con.execute(
+            """INSERT OR REPLACE INTO vlm_responses (response_id, model, prompt, image_ids, raw_text, parsed, status)
+               VALUES (?, ?, ?, ?, ?, ?, ?)""",
+            [response_id, model, prompt, list(image_ids), raw_text,
+             None if parsed is None else json.dumps(parsed, ensure_ascii=False), status],
+        )
 
     # ------------------------------------------------------------------ reads for users
     def classifiers(self) -> list[dict]:
@@ -287,12 +553,14 @@ class Store:
             )
         return clf
 
-    def top_subtypes(self, class_name: str, k: int = 10, classifier: str | None = None, direction: str = "add") -> list[dict]:
-        """Ranked subtypes for `class_name` (see schema/views.sql `top_subtypes`)."""
+    def top_subtypes(self, class_name: str, k: int = 10, classifier: str | None = None, direction: str = "add",
+                     include_invalid: bool = False) -> list[dict]:
+        """Ranked subtypes for `class_name` (see schema/views.sql `top_subtypes`); edits judged
+        invalid by an embedder are left out (and counted in `n_invalid`) unless include_invalid."""
         clf = self.check_class(class_name, classifier)
         return self._rows(
-            "SELECT * FROM top_subtypes(?, ?, classifier := ?, edit_direction := ?)",
-            [class_name, int(k), clf["classifier_id"], direction],
+            "SELECT * FROM top_subtypes(?, ?, classifier := ?, edit_direction := ?, include_invalid := ?)",
+            [class_name, int(k), clf["classifier_id"], direction, bool(include_invalid)],
         )
 
     def effect_tree(self, class_name: str, classifier: str | None = None, direction: str = "add") -> list[dict]:
@@ -317,6 +585,7 @@ class Store:
                 {k: (str(v) if k == "indexed_at" and v is not None else v) for k, v in r.items()} for r in self.classifiers()
             ],
             "editors": self._rows("SELECT editor_id, name, spec FROM editors ORDER BY created_at"),
+            "embedders": [{k: v for k, v in r.items() if k != "created_at"} for r in self.embedders()],
         }
 
 

@@ -44,7 +44,9 @@ def run_demo(
     truth = ground_truth()[version]
     images_dir, taxonomy = prepare_inputs(db.parent, n_images)
     stats = run_index(db, [str(images_dir)], taxonomy, classifier, "demo", beam=0, samples=samples,
-                      classes=[truth["class"]], progress=progress, **index_options)
+                      classes=[truth["class"]], progress=progress,
+                      # the shipped demo CLIP: vectors for `diffex search`, and edit validity
+                      **{"embedder": "demo", **index_options})
     with Store.open(db, read_only=True) as store:
         rows = store.top_subtypes(truth["class"], k=k, classifier=stats.classifier_id)
     return {

@@ -1,0 +1,35 @@
+"""Embedder registry: a SPEC names a backend and its model, e.g. `clip:openai/clip-vit-base-patch32`,
+`clip:/path/to/saved/clip`, or `demo` (the small CLIP trained on the demo world, shipped with
+diffex and loaded through the same `clip:` code)."""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import DiffexError
+from .base import DEFAULT_VALIDITY_THRESHOLD, Embedder
+
+# prefix -> "module:factory"; the factory takes the text after "prefix:" ("" when absent).
+# Imported lazily so `diffex query` never pays for torch or transformers.
+EMBEDDERS: dict[str, str] = {
+    "clip": "diffex.embedders.clip:from_spec",
+    "demo": "diffex.embedders.clip:demo_from_spec",
+}
+
+
+def available_embedders() -> list[str]:
+    return sorted(EMBEDDERS)
+
+
+def load_embedder(spec: "str | Embedder") -> Embedder:
+    """Build an embedder from a SPEC (`clip:MODEL_ID_OR_PATH[?device=cuda]`, `demo`). Raises DiffexError."""
+    if isinstance(spec, Embedder):
+        return spec
+    prefix, _, rest = str(spec).partition(":")
+    if prefix not in EMBEDDERS:
+        raise DiffexError(f"unknown embedder spec {spec!r}; valid: clip:MODEL_ID_OR_PATH, demo")
+    module_name, factory = EMBEDDERS[prefix].split(":")
+    return getattr(importlib.import_module(module_name), factory)(rest)
+
+
+__all__ = ["Embedder", "load_embedder", "available_embedders", "EMBEDDERS", "DEFAULT_VALIDITY_THRESHOLD"]

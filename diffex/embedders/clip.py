@@ -1,0 +1,203 @@
+"""CLIP embeddings through transformers: any `CLIPModel` saved with its tokenizer and image
+processor, loaded by id (Hugging Face cache) or from a local folder.
+
+    clip:openai/clip-vit-base-patch32      clip:/models/my-clip?device=cuda      demo
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import parse_qsl
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DiffexError
+from ..hashing import hash_json, hash_tensors
+from .base import DEFAULT_VALIDITY_THRESHOLD, Embedder
+
+DEMO_CLIP_DIR = Path(__file__).resolve().parents[1] / "demo" / "clip"
+# Optional file beside a model's weights: {"validity_threshold": x, ...} calibrated for it.
+CALIBRATION_FILE = "diffex.json"
+# Image-processor settings that change pixel values fed to the model (part of the identity).
+_PIXEL_KEYS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
+               "do_normalize", "image_mean", "image_std", "do_convert_rgb")
+
+
+class ClipEmbedder(Embedder):
+    """A transformers CLIPModel with its processor. Vectors are the projected, L2-normalised
+    image/text embeddings (`get_*_features(...).pooler_output` in transformers 5)."""
+
+    name = "clip"
+
+    def __init__(self, model_id_or_path: str, device: str = "cpu", batch_size: int = 64):
+        import torch
+
+        self.source = model_id_or_path
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.model, self.image_processor, self.tokenizer = _load(model_id_or_path)
+        self.model.to(self.device).eval()
+        text_cfg = self.model.config.text_config
+        self.max_length = int(min(getattr(self.tokenizer, "model_max_length", 77) or 77, text_cfg.max_position_embeddings))
+        _check_eos(self.model, self.tokenizer, model_id_or_path)
+        self.validity_threshold = _calibrated_threshold(model_id_or_path)
+        self._id: str | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.projection_dim)
+
+    @property
+    def embedder_id(self) -> str:
+        if self._id is None:
+            proc = self.image_processor.to_dict()
+            extra = {
+                "arch": "clip",
+                "pixels": {k: proc.get(k) for k in _PIXEL_KEYS},
+                "tokenizer": hash_json(sorted(self.tokenizer.get_vocab().items())),
+                "max_length": self.max_length,
+                "eos": [self.tokenizer.eos_token_id, self.model.config.text_config.eos_token_id],
+            }
+            self._id = hash_tensors(self.model.state_dict(), extra=extra)[:32]
+        return self._id
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        import torch
+
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            batch = [im if im.mode == "RGB" else im.convert("RGB") for im in images[start:start + self.batch_size]]
+            pixels = self.image_processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
+            with torch.inference_mode():
+                feats = _pooled(self.model.get_image_features(pixel_values=pixels))
+            out.append(_normalise(feats))
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = [str(t) for t in texts[start:start + self.batch_size]]
+            tokens = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+            with torch.inference_mode():
+                feats = _pooled(self.model.get_text_features(**tokens))
+            out.append(_normalise(feats))
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+def _pooled(output: Any):
+    # transformers 5 returns a model output whose pooler_output is the projected embedding;
+    # transformers 4 returned the tensor itself.
+    return output.pooler_output if hasattr(output, "pooler_output") else output
+
+
+def _normalise(feats) -> np.ndarray:
+    arr = feats.detach().float().cpu().numpy().astype(np.float32)
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    return arr / np.maximum(norms, 1e-12)
+
+
+def _load(source: str):
+    """(model, image processor, tokenizer) via from_pretrained; one-line DiffexError on failure."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError as exc:  # pragma: no cover - transformers is a dependency
+        raise DiffexError(f"the clip embedder needs transformers: {exc}") from None
+    local = Path(source).expanduser()
+    looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1  # hub ids are "owner/name"
+    if not local.exists() and looks_local:
+        raise DiffexError(f"CLIP model folder not found: {source}")
+    where = str(local) if local.exists() else source
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # the "no torchvision, using the PIL processor" notice
+    hf_logging.disable_progress_bar()  # "Loading weights" for a few MB
+    try:
+        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel  # (the notice comes at import)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = CLIPModel.from_pretrained(where)
+            image_processor = CLIPImageProcessor.from_pretrained(where)
+            tokenizer = AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
+        first = (str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__).rstrip(". ")
+        raise DiffexError(
+            f"cannot load CLIP model {source!r}: {first}. "
+            + ("HF_HUB_OFFLINE is set, so only models already in the Hugging Face cache load; "
+               if offline else "Without network access (or with HF_HUB_OFFLINE=1) only cached models load; ")
+            + "give a local folder holding config.json, the weights, tokenizer and preprocessor files "
+            "(e.g. CLIPModel.save_pretrained + CLIPProcessor.save_pretrained) as clip:/path/to/folder"
+        ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    return model, image_processor, tokenizer
+
+
+def _check_eos(model, tokenizer, source: str) -> None:
+    """transformers' CLIP text model pools at the HIGHEST token id when config.eos_token_id == 2
+    (an old convention). That is right for OpenAI's vocabularies (EOS is the last id) and
+    silently wrong for any other: refuse such a model instead of returning noise."""
+    cfg_eos = model.config.text_config.eos_token_id
+    tok_eos = tokenizer.eos_token_id
+    if cfg_eos == 2 and tok_eos is not None and tok_eos != max(tokenizer.get_vocab().values()):
+        raise DiffexError(
+            f"CLIP model {source!r} has text eos_token_id 2 in its config but its tokenizer's EOS is id {tok_eos}: "
+            "transformers would pool text at the highest token id instead of at EOS; set text_config.eos_token_id "
+            f"to {tok_eos} in config.json"
+        )
+
+
+def _calibrated_threshold(source: str) -> float:
+    path = Path(source).expanduser() / CALIBRATION_FILE
+    if path.is_file():
+        try:
+            return float(json.loads(path.read_text(encoding="utf-8"))["validity_threshold"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DiffexError(f"bad calibration file {path}: {exc}") from None
+    return DEFAULT_VALIDITY_THRESHOLD
+
+
+def _parse(rest: str) -> tuple[str, dict[str, str]]:
+    source, _, query = rest.partition("?")
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = set(options) - {"device", "batch"}
+    if unknown:
+        raise DiffexError(f"unknown clip option(s) {', '.join(sorted(unknown))}; valid: device, batch")
+    return source, options
+
+
+def from_spec(rest: str) -> ClipEmbedder:
+    """`clip:MODEL_ID_OR_PATH[?device=cuda&batch=64]`. A local path is stored absolute, so the
+    database can reload the same model from any working directory."""
+    source, options = _parse(rest)
+    if not source:
+        raise DiffexError("the clip embedder needs a model: clip:MODEL_ID_OR_PATH (e.g. clip:openai/clip-vit-base-patch32)")
+    local = Path(source).expanduser()
+    if local.exists():
+        source = str(local.resolve())
+    emb = ClipEmbedder(source, device=options.get("device", "cpu"), batch_size=int(options.get("batch", 64)))
+    emb.spec = "clip:" + source
+    return emb
+
+
+def demo_from_spec(rest: str) -> ClipEmbedder:
+    """`demo`: the small CLIP trained on the demo world (scripts/train_demo_clip.py)."""
+    source, options = _parse(rest)
+    if source:
+        raise DiffexError(f"the demo embedder takes no model, got 'demo:{rest}'; use 'demo' or 'clip:PATH'")
+    if not (DEMO_CLIP_DIR / "config.json").is_file():
+        raise DiffexError(f"the demo CLIP is missing from {DEMO_CLIP_DIR}; train it with scripts/train_demo_clip.py")
+    emb = ClipEmbedder(str(DEMO_CLIP_DIR), device=options.get("device", "cpu"), batch_size=int(options.get("batch", 256)))
+    emb.name = "demo-clip"
+    emb.spec = "demo"
+    return emb
