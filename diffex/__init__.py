@@ -15,6 +15,20 @@ from .query import QueryResult, run_query
 from .store import Store
 from .taxonomy import load_taxonomy
 
+
+def search(db, text=None, image=None, k: int = 20, **options):
+    """Nearest edits (or images) to a text or image file, with their effects; see diffex.search.search."""
+    from .search import search as _search
+
+    return _search(db, text=text, image=image, k=k, **options)
+
+
+def compare(db, a, b, class_name=None, **options):
+    """Paired comparison of two classifiers over the same cached edits; see diffex.compare."""
+    from .compare import compare_classifiers
+
+    return compare_classifiers(db, a, b, class_name, **options)
+
 __version__ = "0.1.0"
 
 
@@ -25,5 +39,5 @@ def open_store(path, read_only: bool = False, cache_dir=None) -> Store:
 
 __all__ = [
     "DiffexError", "UsageError", "IndexStats", "run_index", "QueryResult", "run_query",
-    "Store", "open_store", "load_taxonomy", "__version__",
+    "Store", "open_store", "load_taxonomy", "search", "compare", "__version__",
 ]

@@ -156,3 +156,42 @@ def test_bad_specs_raise_diffex_errors(model_path, tmp_path):
         broken.pipeline()
     with pytest.raises(DiffexError, match="no .safetensors/.bin weights"):
         load_editor("ledits:" + str(tmp_path / "empty")).editor_id
+
+
+def test_index_with_ledits_spec_stores_reuses_and_links_joint_edits(model_path, tmp_path, brightness):
+    """The whole `diffex index` path with a diffusion editor, as a user would run it."""
+    import duckdb
+
+    from diffex import run_index
+
+    imgs = tmp_path / "photos"
+    imgs.mkdir()
+    rng = np.random.RandomState(1)
+    for i in range(2):  # plain photos: no demo metadata, odd sizes
+        Image.fromarray(rng.randint(0, 256, size=(40 + 8 * i, 56, 3), dtype=np.uint8)).save(imgs / f"p{i}.png")
+    tax = {"categories": {"facial hair": ["beard"], "headwear": ["hat"]}}
+    spec = "ledits:" + str(model_path) + OPTIONS
+    db = tmp_path / "l.duckdb"
+    first = run_index(db, [str(imgs)], tax, brightness, spec, beam=0, samples=1, joint=2, joint_top=2)
+    # per image: baseline + 4 nodes + 1 joint pair (facial hair + headwear)
+    assert first.edits_computed == 2 * (1 + 4 + 1)
+    again = run_index(db, [str(imgs)], tax, brightness, spec, beam=0, samples=1, joint=2, joint_top=2)
+    assert (again.edits_computed, again.scores_computed) == (0, 0)
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        paths = [r[0] for r in con.execute("SELECT cache_path FROM edits").fetchall()]
+        joint = con.execute(
+            """SELECT e.edit_id, list(n.label ORDER BY n.label) FROM edits e
+               JOIN edit_nodes en USING (edit_id) JOIN nodes n USING (node_id)
+               WHERE e.kind = 'joint' GROUP BY e.edit_id"""
+        ).fetchall()
+        editors = con.execute("SELECT name, spec FROM editors").fetchall()
+    finally:
+        con.close()
+    for rel in paths:
+        with Image.open(tmp_path / "l-cache" / rel) as im:
+            assert im.size == (64, 64)
+    assert len(joint) == 2 and all(len(labels) == 2 for _, labels in joint)
+    assert editors == [("ledits", spec)]
+    # inversions live in the same content-addressed cache, one per (image, seed)
+    assert len(list((tmp_path / "l-cache" / "inversions").rglob("*.safetensors"))) == 2

@@ -34,6 +34,22 @@ class Classifier(ABC):
         """Return a tensor or array of shape [len(images), len(class_names)]."""
 
 
+class LoadedClassifier(Classifier):
+    """A classifier whose identity is computed once at load: subclasses set `self._names`
+    (class names) and `self._id` (hash of weights and preprocessing) in `__init__`."""
+
+    _names: tuple[str, ...] = ()
+    _id: str = ""
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self._names
+
+    @property
+    def classifier_id(self) -> str:
+        return self._id
+
+
 def score_images(classifier: Classifier, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
     """Logits and softmax probabilities, float64, shape [N, C]; raises DiffexError on a bad output."""
     n_classes = len(classifier.class_names)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from ..errors import DiffexError
 from ..hashing import hash_tensors
-from .base import Classifier
+from .base import LoadedClassifier
 from .loading import (clean_config, flag, load_error, local_dir, name_list, offline_mode, quiet_transformers,
                       safetensors_required, split_spec)
 
@@ -30,7 +30,7 @@ def _features(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-class CLIPZeroShotClassifier(Classifier):
+class CLIPZeroShotClassifier(LoadedClassifier):
     name = "clip"
     batch_size = 32
 
@@ -50,14 +50,6 @@ class CLIPZeroShotClassifier(Classifier):
                  "processor": {"type": type(processor).__name__, **clean_config(processor.to_dict())},
                  "labels": list(labels), "template": template}
         self._id = hash_tensors(state, extra)[:32]
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._names
-
-    @property
-    def classifier_id(self) -> str:
-        return self._id
 
     def logits(self, images: Sequence[Image.Image]) -> torch.Tensor:
         rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ..errors import DiffexError
 from ..hashing import hash_tensors
-from .base import Classifier
+from .base import LoadedClassifier
 from .loading import (clean_config, flag, load_error, local_dir, offline_mode, quiet_transformers,
                       safetensors_required, split_spec)
 
@@ -21,7 +21,7 @@ OPTIONS = {
 }
 
 
-class HFImageClassifier(Classifier):
+class HFImageClassifier(LoadedClassifier):
     """A loaded transformers image classifier. `classifier_id` hashes the weights, the config
     (architecture) and the image processor's settings: not the path it was loaded from."""
 
@@ -49,14 +49,6 @@ class HFImageClassifier(Classifier):
             "class_names": names,
         }
         self._id = hash_tensors(model.state_dict(), extra)[:32]
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._names
-
-    @property
-    def classifier_id(self) -> str:
-        return self._id
 
     def logits(self, images: Sequence[Image.Image]) -> torch.Tensor:
         rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]

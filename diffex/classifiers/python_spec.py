@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from ..errors import DiffexError
 from ..hashing import hash_json, hash_tensors, sha256_bytes
-from .base import Classifier
+from .base import LoadedClassifier
 
 
 def _import_target(target: str) -> tuple[Any, bytes | None]:
@@ -43,7 +43,7 @@ def _state_dict(obj: Any):
     return None
 
 
-class PythonClassifier(Classifier):
+class PythonClassifier(LoadedClassifier):
     def __init__(self, obj: Any, name: str, source_bytes: bytes | None):
         names = getattr(obj, "class_names", None)
         if not names or not all(isinstance(n, str) for n in names):
@@ -64,14 +64,6 @@ class PythonClassifier(Classifier):
             self._id = hash_tensors(sd, extra)[:32]
         else:
             self._id = hash_json({"source": sha256_bytes(source_bytes or name.encode()), **extra})[:32]
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._names
-
-    @property
-    def classifier_id(self) -> str:
-        return self._id
 
     def logits(self, images: Sequence):
         return self.obj.logits(list(images))

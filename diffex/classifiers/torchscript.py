@@ -22,7 +22,7 @@ from PIL import Image
 
 from ..errors import DiffexError
 from ..hashing import hash_tensors
-from .base import Classifier
+from .base import LoadedClassifier
 from .loading import flag, float_list, name_list, split_spec
 
 OPTIONS = {
@@ -49,7 +49,7 @@ def _code(module: Any) -> list[tuple[str, str]]:
     return out
 
 
-class TorchScriptClassifier(Classifier):
+class TorchScriptClassifier(LoadedClassifier):
     name = "torchscript"
     batch_size = 32
 
@@ -60,14 +60,6 @@ class TorchScriptClassifier(Classifier):
         extra = {"kind": "torchscript", "code": _code(module), "preprocessing": preprocessing,
                  "class_names": list(self._names)}
         self._id = hash_tensors(module.state_dict(), extra)[:32]
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._names
-
-    @property
-    def classifier_id(self) -> str:
-        return self._id
 
     def logits(self, images: Sequence[Image.Image]) -> torch.Tensor:
         p = self.preprocessing
