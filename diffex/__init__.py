@@ -7,6 +7,8 @@ Notebook use::
     with diffex.open_store("data/my.duckdb", read_only=True) as store:
         rows = store.top_subtypes("old", k=10)
     diffex.run_query("data/my.duckdb", "SELECT * FROM node_effects LIMIT 5").dicts()
+
+Search and version comparison live in `diffex.search.search` and `diffex.compare.compare_classifiers`.
 """
 
 from .errors import DiffexError, UsageError
@@ -15,19 +17,6 @@ from .query import QueryResult, run_query
 from .store import Store
 from .taxonomy import load_taxonomy
 
-
-def search(db, text=None, image=None, k: int = 20, **options):
-    """Nearest edits (or images) to a text or image file, with their effects; see diffex.search.search."""
-    from .search import search as _search
-
-    return _search(db, text=text, image=image, k=k, **options)
-
-
-def compare(db, a, b, class_name=None, **options):
-    """Paired comparison of two classifiers over the same cached edits; see diffex.compare."""
-    from .compare import compare_classifiers
-
-    return compare_classifiers(db, a, b, class_name, **options)
 
 __version__ = "0.1.0"
 
@@ -39,5 +28,5 @@ def open_store(path, read_only: bool = False, cache_dir=None) -> Store:
 
 __all__ = [
     "DiffexError", "UsageError", "IndexStats", "run_index", "QueryResult", "run_query",
-    "Store", "open_store", "load_taxonomy", "search", "compare", "__version__",
+    "Store", "open_store", "load_taxonomy", "__version__",
 ]

@@ -90,3 +90,19 @@ def test_words_outside_the_taxonomy_map_to_nodes(demo_db):
     rows = nodes_like(db, "a face with a hat", k=3)  # "hat" is not a node of this taxonomy
     assert rows[0]["node"] in {"top hat", "cap", "headwear"}, rows
     assert nodes_like(db, "facial hair", k=1)[0]["node"] == "facial hair"
+
+
+def test_search_command_prints_rows_with_node_and_delta(demo_db, cli_run):
+    import json
+
+    db = demo_db[0] if isinstance(demo_db, tuple) else demo_db
+    result = cli_run("search", "--db", db, "a face with a goatee", "--class", "old", "--k", "5", "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert len(rows) == 5 and [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
+    assert all({"node", "similarity", "delta_prob"} <= set(r) for r in rows)
+    assert rows[0]["similarity"] >= rows[-1]["similarity"]
+    table = cli_run("search", "--db", db, "--nodes", "headgear", "--k", "3")
+    assert table.exit_code == 0 and len(table.output.strip().splitlines()) == 2 + 3
+    bad = cli_run("search", "--db", db, "a face", "--class", "purple")
+    assert bad.exit_code == 1 and "unknown class" in bad.output
