@@ -42,8 +42,9 @@ class DiffexGroup(click.Group):
         except KeyboardInterrupt:
             raise Failure("interrupted: everything committed so far is kept; run the same command again to resume", 130) from None
         except Exception as exc:  # an internal bug: one line, the traceback on request
-            if type(exc).__name__ == "InterruptException":
-                # Ctrl-C that landed inside a DuckDB call surfaces as duckdb's own exception
+            if type(exc).__name__ == "InterruptException" or str(exc).startswith("Query interrupted"):
+                # Ctrl-C that lands inside a DuckDB call surfaces as duckdb's InterruptException
+                # or as a RuntimeError("Query interrupted"), not as KeyboardInterrupt
                 raise Failure("interrupted: everything committed so far is kept; run the same command again to resume", 130) from None
             if os.environ.get("DIFFEX_DEBUG"):
                 raise
