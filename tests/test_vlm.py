@@ -27,6 +27,11 @@ GOOD_PATHS = ["facial hair", "facial hair > beard", "facial hair > beard > goate
               "headwear", "headwear > cap"]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # the timeout test's client hangs up on purpose; a traceback here is noise
+
+
 class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep pytest output clean
         pass
@@ -52,7 +57,7 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server(monkeypatch):
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd = _QuietServer(("127.0.0.1", 0), Handler)
     httpd.requests = []
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

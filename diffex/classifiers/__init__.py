@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-
-from ..errors import DiffexError
+from ..registry import build
 from .base import Classifier, score_images
 
 # prefix -> "module:factory"; the factory takes the text after "prefix:".
@@ -25,11 +23,8 @@ def load_classifier(spec: "str | Classifier") -> Classifier:
     """Build a classifier from a SPEC such as `demo:v1` or `python:my_models.py:make_model`."""
     if isinstance(spec, Classifier):
         return spec
-    prefix, sep, rest = str(spec).partition(":")
-    if prefix not in CLASSIFIERS or not sep:
-        raise DiffexError(f"unknown classifier spec {spec!r}; valid: {', '.join(p + ':...' for p in available_classifiers())}")
-    module_name, factory = CLASSIFIERS[prefix].split(":")
-    clf = getattr(importlib.import_module(module_name), factory)(rest)
+    valid = ", ".join(p + ":..." for p in available_classifiers())
+    clf = build(spec, CLASSIFIERS, "classifier", valid, needs_colon=True)
     clf.spec = str(spec)
     return clf
 

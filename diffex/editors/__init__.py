@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-
-from ..errors import DiffexError
+from ..registry import build
 from .base import EditSession, Editor
 
 # prefix -> "module:factory"; the factory takes the text after "prefix:" ("" when absent).
@@ -24,11 +22,7 @@ def load_editor(spec: "str | Editor") -> Editor:
     """Build an editor from a SPEC (`demo`, `ledits:MODEL_ID_OR_PATH?size=512&steps=50`)."""
     if isinstance(spec, Editor):
         return spec
-    prefix, _, rest = str(spec).partition(":")
-    if prefix not in EDITORS:
-        raise DiffexError(f"unknown editor spec {spec!r}; valid prefixes: {', '.join(available_editors())}")
-    module_name, factory = EDITORS[prefix].split(":")
-    editor = getattr(importlib.import_module(module_name), factory)(rest)
+    editor = build(spec, EDITORS, "editor", ", ".join(available_editors()))
     editor.spec = str(spec)
     return editor
 

@@ -4,9 +4,7 @@ diffex and loaded through the same `clip:` code)."""
 
 from __future__ import annotations
 
-import importlib
-
-from ..errors import DiffexError
+from ..registry import build
 from .base import DEFAULT_VALIDITY_THRESHOLD, Embedder
 
 # prefix -> "module:factory"; the factory takes the text after "prefix:" ("" when absent).
@@ -25,11 +23,7 @@ def load_embedder(spec: "str | Embedder") -> Embedder:
     """Build an embedder from a SPEC (`clip:MODEL_ID_OR_PATH[?device=cuda]`, `demo`). Raises DiffexError."""
     if isinstance(spec, Embedder):
         return spec
-    prefix, _, rest = str(spec).partition(":")
-    if prefix not in EMBEDDERS:
-        raise DiffexError(f"unknown embedder spec {spec!r}; valid: clip:MODEL_ID_OR_PATH, demo")
-    module_name, factory = EMBEDDERS[prefix].split(":")
-    return getattr(importlib.import_module(module_name), factory)(rest)
+    return build(spec, EMBEDDERS, "embedder", "clip:MODEL_ID_OR_PATH, demo")
 
 
 __all__ = ["Embedder", "load_embedder", "available_embedders", "EMBEDDERS", "DEFAULT_VALIDITY_THRESHOLD"]
