@@ -1,4 +1,4 @@
-"""Train the demo CLIP shipped in diffex/demo/clip/ (deterministic; ~12 minutes on 2 idle CPU cores).
+"""Train the demo CLIP shipped in diffex/demo/clip/ (deterministic; ~30 minutes on 2 CPU cores).
 
     nice python scripts/train_demo_clip.py                # writes diffex/demo/clip/*
     python bench/demo_clip.py                             # measures what it learned
@@ -220,7 +220,7 @@ def build_model(tok):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=1400)
+    ap.add_argument("--steps", type=int, default=2600)
     ap.add_argument("--pairs", type=int, default=96, help="counterfactual pairs per batch (2x images)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--n-train", type=int, default=len(TRAIN_SEEDS))
