@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 from PIL import Image
 
 from .classifiers.base import Classifier, score_images
+from .progress import in_chunks
 from .store import Store
 
 CHUNK = 256  # items scored and committed together: bounds memory and the work lost on Ctrl-C
@@ -24,15 +25,7 @@ def ensure_scores(
     unique = dict(items)
     done = store.scored_items(clf_id, list(unique))
     todo = [(i, load) for i, load in unique.items() if i not in done]
-    bar = progress(total=len(todo), desc="scoring", unit="img") if progress and todo else None
-    try:
-        for start in range(0, len(todo), CHUNK):
-            chunk = todo[start : start + CHUNK]
-            logits, probs = score_images(classifier, [load() for _, load in chunk])
-            store.add_scores(clf_id, [i for i, _ in chunk], logits, probs)
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
+    for chunk in in_chunks(todo, CHUNK, progress, desc="scoring"):
+        logits, probs = score_images(classifier, [load() for _, load in chunk])
+        store.add_scores(clf_id, [i for i, _ in chunk], logits, probs)
     return len(todo)

@@ -31,6 +31,7 @@ from PIL import Image
 
 from .embedders.base import Embedder
 from .hashing import sha256_bytes
+from .progress import in_chunks
 from .store import Store
 
 CHUNK = 256  # images embedded and committed together
@@ -84,17 +85,9 @@ def ensure_embeddings(
     unique = {i: (kind, load) for i, kind, load in items}
     done = store.embedded_items(emb_id, list(unique))
     todo = [(i, kind, load) for i, (kind, load) in unique.items() if i not in done]
-    bar = progress(total=len(todo), desc="embedding", unit="img") if progress and todo else None
-    try:
-        for start in range(0, len(todo), CHUNK):
-            chunk = todo[start:start + CHUNK]
-            vectors = embedder.embed_images([load() for _, _, load in chunk])
-            store.add_embeddings(emb_id, [i for i, _, _ in chunk], [k for _, k, _ in chunk], vectors)
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
+    for chunk in in_chunks(todo, CHUNK, progress, desc="embedding"):
+        vectors = embedder.embed_images([load() for _, _, load in chunk])
+        store.add_embeddings(emb_id, [i for i, _, _ in chunk], [k for _, k, _ in chunk], vectors)
     return len(todo)
 
 
