@@ -153,6 +153,9 @@ def index(db, image_specs, more_images, taxonomy, classifier, editor, beam, samp
         click.echo(f"{stats.images} images, {stats.nodes_scored} nodes scored to depth {stats.depth_reached}: "
                    f"edits computed {stats.edits_computed}, reused {stats.edits_reused}; "
                    f"scores computed {stats.scores_computed}; {stats.seconds:.1f} s")
+        if stats.edits_blocked:
+            click.echo(f"{stats.edits_blocked} edits blanked by the model's safety checker: stored as 'blocked' and "
+                       "left out of every effect (the editor option safety=0 loads the model without it)")
         for cls, best in stats.best_joint.items():
             click.echo(f"best joint for {cls}: {' + '.join(best['nodes'])}  mean delta P {best['mean_delta_prob']:+.4f}"
                        f" (sum of singles {best['sum_single_delta_prob'] or 0:+.4f})")
@@ -222,7 +225,7 @@ def info(db, as_json) -> None:
     if as_json:
         _print_json(data)
         return
-    for key in ("db", "schema_version", "cache_dir", "taxonomies", "images", "nodes", "edits", "baselines", "scores"):
+    for key in ("db", "schema_version", "cache_dir", "taxonomies", "images", "nodes", "edits", "baselines", "edits_blocked", "scores"):
         click.echo(f"{key:15} {data[key]}")
     click.echo("classifiers:")
     for c in data["classifiers"]:

@@ -1,9 +1,11 @@
 """The edit stage: make sure every requested edit exists in the store and the image cache,
-computing only what is missing. One editor session per image (invert once, edit many)."""
+computing only what is missing. One editor session per image (invert once, edit many);
+images go to the editor `editor.batch_size` at a time, each edit applied to the whole group."""
 
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -52,6 +54,7 @@ def baseline_request(image_id: str) -> EditRequest:
 class EditCounts:
     computed: int = 0
     reused: int = 0
+    blocked: int = 0  # computed, but withheld by the editor (status 'blocked')
 
 
 def ensure_edits(
@@ -61,8 +64,10 @@ def ensure_edits(
     requests: Sequence[EditRequest],
     progress: Callable | None = None,
 ) -> EditCounts:
-    """Compute the missing edits of `requests`; each image's edits are committed together,
-    so an interrupted run keeps every finished image and the next run resumes there."""
+    """Compute the missing edits of `requests`. Images are edited `editor.batch_size` at a time
+    and each group's edits are committed together, so an interrupted run keeps every finished
+    group and the next run resumes there. A 'blocked' edit (pixels withheld by the editor's
+    safety checker) is kept as such: recomputing it would give the same result."""
     editor_id = editor.editor_id
     ids = {req: req.edit_id(editor_id) for req in requests}
     existing = store.edits_by_id(sorted(set(ids.values())))
@@ -72,7 +77,7 @@ def ensure_edits(
     seen: set[str] = set()
     for req, edit_id in ids.items():
         row = existing.get(edit_id)
-        if row and row["status"] == "ok" and store.cache.has(row["cache_path"]):
+        if row and row["status"] in ("ok", "blocked") and store.cache.has(row["cache_path"]):
             if edit_id not in seen:
                 counts.reused += 1
             reused_links.extend((edit_id, n) for n in req.node_ids)
@@ -82,28 +87,41 @@ def ensure_edits(
         seen.add(edit_id)
     store.link_edit_nodes(reused_links)
 
-    groups = list(missing.items())
-    bar = progress(total=sum(len(r) for _, r in groups), desc="editing", unit="edit") if progress and groups else None
+    image_ids = list(missing)
+    step = max(1, int(getattr(editor, "batch_size", 1) or 1))
+    total = sum(len(r) for r in missing.values())
+    bar = progress(total=total, desc="editing", unit="edit") if progress and total else None
     try:
-        for image_id, reqs in groups:
+        for start in range(0, len(image_ids), step):
+            group = image_ids[start : start + step]
             records: list[EditRecord] = []
-            with editor.open(images[image_id], image_id, store.cache.root) as session:
-                for req in reqs:
+            with ExitStack() as stack:
+                sessions = {i: stack.enter_context(editor.open(images[i], i, store.cache.root)) for i in group}
+                # the same edit (concepts, seed) of every image in the group is one editor call;
+                # by seed first, so each image's inversion for that seed is loaded once
+                jobs: dict[tuple, list[EditRequest]] = {}
+                for i in group:
+                    for req in missing[i]:
+                        jobs.setdefault((req.seed, req.concepts), []).append(req)
+                for (seed, concepts), reqs in sorted(jobs.items(), key=lambda kv: kv[0][0]):
                     t0 = time.perf_counter()
-                    out = session.reconstruct() if req.kind == "baseline" else session.edit(req.concepts, req.seed)
-                    digest, rel = store.cache.put(out)
-                    records.append(
-                        EditRecord(
-                            edit_id=ids[req], image_id=image_id, editor_id=editor_id, kind=req.kind,
-                            prompts=req.prompts, direction=req.direction, seed=req.seed,
-                            output_sha256=digest, cache_path=rel, status="ok",
-                            seconds=time.perf_counter() - t0, node_ids=req.node_ids,
+                    outputs = editor.edit_batch([sessions[r.image_id] for r in reqs], concepts, seed)
+                    seconds = (time.perf_counter() - t0) / len(reqs)
+                    for req, out in zip(reqs, outputs):
+                        digest, rel = store.cache.put(out.image)
+                        records.append(
+                            EditRecord(
+                                edit_id=ids[req], image_id=req.image_id, editor_id=editor_id, kind=req.kind,
+                                prompts=req.prompts, direction=req.direction, seed=req.seed,
+                                output_sha256=digest, cache_path=rel, status=out.status,
+                                seconds=seconds, node_ids=req.node_ids,
+                            )
                         )
-                    )
                     if bar is not None:
-                        bar.update(1)
+                        bar.update(len(reqs))
             store.add_edits(records)
             counts.computed += len(records)
+            counts.blocked += sum(r.status == "blocked" for r in records)
     finally:
         if bar is not None:
             bar.close()

@@ -37,6 +37,7 @@ class IndexStats:
     depth_reached: int = 0
     embeddings_computed: int = 0  # images and edits embedded (with --embedder)
     edits_invalid: int = 0  # edits judged invalid in this run (the concept never appeared)
+    edits_blocked: int = 0  # edits computed in this run whose pixels the editor's safety checker withheld
     embedder_id: str = ""
     classifier_id: str = ""
     editor_id: str = ""
@@ -145,6 +146,7 @@ def run_index(
             c = ensure_edits(store, ed, pictures, reqs, progress_bar)
             stats.edits_computed += c.computed
             stats.edits_reused += c.reused
+            stats.edits_blocked += c.blocked
             return [r.edit_id(ed.editor_id) for r in reqs]
 
         def score(edit_ids: list[str]) -> None:

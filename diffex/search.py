@@ -128,9 +128,11 @@ def _distinct_pixels(store: Store, hits: list[tuple[str, float]]) -> list[tuple[
 
 
 def _item_kinds(store: Store, item_ids: list[str]) -> dict[str, str]:
-    """item id -> 'image' or the edit's kind ('baseline' | 'single' | 'joint')."""
+    """item id -> 'image', the edit's kind ('baseline' | 'single' | 'joint'), or its status when
+    it is not 'ok' (a blocked edit's blank pixels are never a search result)."""
     rows = store._rows(
-        """SELECT edit_id AS item_id, kind FROM edits WHERE edit_id IN (SELECT unnest($ids))
+        """SELECT edit_id AS item_id, CASE WHEN status = 'ok' THEN kind ELSE status END AS kind
+           FROM edits WHERE edit_id IN (SELECT unnest($ids))
            UNION ALL SELECT image_id, 'image' FROM images WHERE image_id IN (SELECT unnest($ids))""",
         {"ids": list(item_ids)},
     )

@@ -580,6 +580,7 @@ class Store:
             "nodes": count("nodes"),
             "edits": count("edits"),
             "baselines": self.con.execute("SELECT count(*) FROM edits WHERE kind = 'baseline'").fetchone()[0],
+            "edits_blocked": self.con.execute("SELECT count(*) FROM edits WHERE status = 'blocked'").fetchone()[0],
             "scores": count("scores"),
             "classifiers": [
                 {k: (str(v) if k == "indexed_at" and v is not None else v) for k, v in r.items()} for r in self.classifiers()

@@ -83,7 +83,7 @@ CREATE TABLE edits (
     seed          INTEGER NOT NULL,
     output_sha256 VARCHAR,            -- sha256 of the edited image's pixels
     cache_path    VARCHAR,            -- relative to the store's cache dir: 'ab/abcdef....png'
-    status        VARCHAR NOT NULL,   -- 'ok' | 'failed'
+    status        VARCHAR NOT NULL,   -- 'ok' | 'failed' | 'blocked' (pixels withheld by a safety checker)
     seconds       DOUBLE,
     created_at    TIMESTAMP DEFAULT current_timestamp
 );

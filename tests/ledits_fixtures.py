@@ -47,8 +47,30 @@ def build_tokenizer():
     return CLIPTokenizer(vocab, merges, model_max_length=77)
 
 
-def build_tiny_sd(directory: "str | Path", seed: int = 0) -> Path:
-    """Build and `save_pretrained` a tiny seeded SD pipeline into `directory`; returns that path."""
+def build_safety_checker(flag_everything: bool):
+    """A tiny real `StableDiffusionSafetyChecker` (+ its image processor) whose concept
+    thresholds make it flag every image (-2: cosine - threshold > 0 always) or none (+2)."""
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    config = CLIPConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2},
+        vision_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        projection_dim=8,
+    )
+    checker = StableDiffusionSafetyChecker(config)
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(-2.0 if flag_everything else 2.0)
+        checker.special_care_embeds_weights.fill_(2.0)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return checker, processor
+
+
+def build_tiny_sd(directory: "str | Path", seed: int = 0, safety_checker: "str | None" = None) -> Path:
+    """Build and `save_pretrained` a tiny seeded SD pipeline into `directory`; returns that path.
+    `safety_checker="flag-all"` adds a real safety checker that blanks every output."""
     import torch
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -101,15 +123,16 @@ def build_tiny_sd(directory: "str | Path", seed: int = 0) -> Path:
         solver_order=2,
         steps_offset=1,
     )
+    checker, processor = build_safety_checker(True) if safety_checker == "flag-all" else (None, None)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
         scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        safety_checker=checker,
+        feature_extractor=processor,
+        requires_safety_checker=checker is not None,
     )
     pipe.save_pretrained(directory)
     return directory

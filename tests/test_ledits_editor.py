@@ -195,3 +195,108 @@ def test_index_with_ledits_spec_stores_reuses_and_links_joint_edits(model_path, 
     assert editors == [("ledits", spec)]
     # inversions live in the same content-addressed cache, one per (image, seed)
     assert len(list((tmp_path / "l-cache" / "inversions").rglob("*.safetensors"))) == 2
+
+
+def _unet_calls(pipe) -> list[int]:
+    """Record the batch size of every UNet call on `pipe` (for cost assertions)."""
+    calls: list[int] = []
+    inner = pipe.unet.forward
+
+    def forward(sample, *args, **kwargs):
+        calls.append(int(sample.shape[0]))
+        return inner(sample, *args, **kwargs)
+
+    pipe.unet.forward = forward
+    return calls
+
+
+def test_baseline_is_the_pipelines_reconstruction_at_no_unet_cost(model_path, photo, tmp_path):
+    editor = load_editor("ledits:" + str(model_path) + OPTIONS)
+    with editor.open(photo, hash_image(photo), tmp_path) as session:
+        session.edit([BEARD], seed=0)  # inverts seed 0 (the reconstruction seed)
+        calls = _unet_calls(editor.pipeline())
+        baseline = session.reconstruct()
+        assert calls == []  # read from the inversion, only VAE-decoded
+        # ... and it is exactly what LEDITS++ itself returns for "no editing prompt"
+        pipe = editor.pipeline()
+        reference = pipe(editing_prompt=None, output_type="pil").images[0]
+        assert len(calls) == 4  # the pipeline's own reconstruction runs the UNet once per step
+    assert _bytes(baseline) == _bytes(reference)
+    assert _bytes(baseline) != _bytes(photo.convert("RGB").resize((64, 64)))
+
+
+def test_batched_images_match_one_at_a_time(model_path, tmp_path):
+    """batch=3 inverts and edits three images in one call each. The pixels match batch=1 up to
+    float rounding; with diffusers' own attention store (heads and images mixed up) they
+    differed by up to 37 of 255 on this model, so these bounds catch that bug."""
+    rng = np.random.RandomState(5)
+    photos = [Image.fromarray(rng.randint(0, 256, size=(64, 64, 3), dtype=np.uint8)) for _ in range(3)]
+    joint = (BEARD, Concept("hat", "remove"))
+    results = {}
+    for batch in (1, 3):
+        editor = load_editor("ledits:" + str(model_path) + OPTIONS + f"&batch={batch}")
+        assert editor.batch_size == batch
+        calls = _unet_calls(editor.pipeline())
+        sessions = [editor.open(p, hash_image(p), tmp_path / f"b{batch}") for p in photos]
+        outs = [editor.edit_batch(sessions, concepts, 1) for concepts in ((BEARD,), joint)]
+        outs.append(editor.edit_batch(sessions, (), 0))
+        results[batch] = [[np.asarray(o.image).astype(int) for o in group] for group in outs]
+        assert all(o.status == "ok" for group in outs for o in group)
+        # 2 seeds x 3 images inverted; 1 + 2 prompts in the joint edit; baselines cost nothing
+        assert editor.counters["inversions"] == 6
+        assert sum(calls) == 6 * 4 + 3 * 4 * 2 + 3 * 4 * 3
+        assert max(calls) == (3 * 3 if batch == 3 else 3)  # batch=3: images share each UNet call
+        for s in sessions:
+            s.close()
+    for one, three in zip(results[1], results[3]):
+        for a, b in zip(one, three):
+            assert np.abs(a - b).max() <= 2 and np.abs(a - b).mean() < 0.02
+    # each image got its own edit (not one image repeated): they differ 100x more than batching does
+    assert np.abs(results[3][0][0] - results[3][0][1]).mean() > 1
+
+
+def test_safety_checker_blocks_are_stored_and_never_measured(tmp_path, brightness):
+    import duckdb
+
+    from diffex import run_index
+
+    model = build_tiny_sd(tmp_path / "sd-checked", safety_checker="flag-all")  # blanks every output
+    imgs = tmp_path / "photos"
+    imgs.mkdir()
+    Image.fromarray(np.random.RandomState(2).randint(0, 256, size=(64, 64, 3), dtype=np.uint8)).save(imgs / "p.png")
+    tax = {"categories": {"facial hair": ["beard"]}}
+    spec = "ledits:" + str(model) + OPTIONS
+    db = tmp_path / "s.duckdb"
+    first = run_index(db, [str(imgs)], tax, brightness, spec, beam=0, samples=1)
+    assert (first.edits_computed, first.edits_blocked) == (3, 3)  # baseline + 2 nodes, all blanked
+    again = run_index(db, [str(imgs)], tax, brightness, spec, beam=0, samples=1)
+    assert (again.edits_computed, again.edits_reused) == (0, 3)  # deterministic: not retried
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("SELECT DISTINCT status FROM edits").fetchall() == [("blocked",)]
+        assert con.execute("SELECT count(*) FROM node_effects").fetchone()[0] == 0
+    finally:
+        con.close()
+    # safety=0 loads the same weights without the checker: another editor id, real pixels
+    unchecked = run_index(db, [str(imgs)], tax, brightness, spec + "&safety=0", beam=0, samples=1)
+    assert (unchecked.edits_computed, unchecked.edits_blocked) == (3, 0)
+    assert unchecked.editor_id != first.editor_id
+
+
+def test_index_batches_images_and_resumes(model_path, tmp_path, brightness):
+    from diffex import run_index
+
+    imgs = tmp_path / "photos"
+    imgs.mkdir()
+    rng = np.random.RandomState(3)
+    for i in range(3):
+        Image.fromarray(rng.randint(0, 256, size=(64, 64, 3), dtype=np.uint8)).save(imgs / f"p{i}.png")
+    tax = {"categories": {"facial hair": ["beard"]}}
+    spec = "ledits:" + str(model_path) + OPTIONS + "&batch=2"
+    db = tmp_path / "b.duckdb"
+    first = run_index(db, [str(imgs)], tax, brightness, spec, beam=0, samples=1)
+    assert first.edits_computed == 3 * 3 and first.edits_blocked == 0
+    # same editor id as batch=1, so a batch=1 run reuses every edit
+    again = run_index(db, [str(imgs)], tax, brightness, "ledits:" + str(model_path) + OPTIONS, beam=0, samples=1)
+    assert (again.edits_computed, again.scores_computed) == (0, 0)
+    assert len(list((tmp_path / "b-cache" / "inversions").rglob("*.safetensors"))) == 3

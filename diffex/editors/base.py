@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -10,6 +11,15 @@ from PIL import Image
 
 from ..hashing import hash_json
 from ..types import Concept
+
+
+@dataclass(frozen=True)
+class EditOutput:
+    """One edited image and its status: 'ok', or 'blocked' when the backend withheld the
+    pixels (e.g. a safety checker blanked them); blocked edits are stored, never measured."""
+
+    image: Image.Image
+    status: str = "ok"
 
 
 class EditSession(ABC):
@@ -44,6 +54,8 @@ class Editor(ABC):
 
     name: str = "editor"
     spec: str = ""
+    # How many images `edit_batch` takes at once; the edit stage groups images by it.
+    batch_size: int = 1
 
     @property
     @abstractmethod
@@ -58,3 +70,8 @@ class Editor(ABC):
     def open(self, image: Image.Image, image_id: str, cache_dir: Path) -> EditSession:
         """Start editing one image. `cache_dir` is the store's content-addressed cache root,
         where a backend may keep per-image work (inversions) keyed by `image_id` and its config."""
+
+    def edit_batch(self, sessions: Sequence[EditSession], concepts: Sequence[Concept], seed: int) -> list[EditOutput]:
+        """The same edit of several images (`concepts == ()`: their null edits), one output per
+        session in order. Backends that can batch images override this; this one loops."""
+        return [EditOutput(s.reconstruct() if not concepts else s.edit(concepts, seed)) for s in sessions]

@@ -6,10 +6,11 @@ SPEC: `ledits:MODEL_ID_OR_PATH[?key=value&...]`, e.g.
 Options (defaults = the DiffEx reference code): size=512 (square input, multiple of 32),
 steps=50 (inversion steps), skip=0.1, guidance=10 (edit_guidance_scale), threshold=0.75
 (edit_threshold), dtype (float16 on cuda, else float32), device (cuda if available, else
-cpu), batch=1 (accepted; edits run one at a time, see `LeditsSession.edit_many`),
-revision (hub models). The editor id hashes the model (hub id + revision, or the bytes of
-a local directory's weight and config files) and every option that changes pixels; not
-device or batch.
+cpu), batch=1 (images inverted and edited together in one UNet batch; same edit, several
+images), safety=1 (keep the model's safety checker; 0 loads without it), revision (hub
+models). The editor id hashes the model (hub id + revision, or the bytes of a local
+directory's weight and config files) and every option that changes pixels; not device or
+batch, which change pixels only at the level of float rounding (see `edit_batch`).
 
 Invert once, edit many. LEDITS++ draws fresh noise while inverting (the edit itself is
 deterministic given the inversion: `__call__` passes the stored noise maps `zs` to the
@@ -18,12 +19,19 @@ scheduler), so the sample seed is what seeds the *inversion*. One inversion per
 safetensors + a small JSON (the scheduler state that must go with it) and restored for
 every later edit of that image and seed, in this run or any later one. A restored
 inversion gives edits bit-identical to a fresh `invert()` + edit (tests check this).
+
+The null-edit baseline costs no UNet evaluation: with the sde-dpmsolver++ scheduler
+LEDITS++ uses, the reconstruction `__call__(editing_prompt=None)` would compute ends in the
+data prediction of the inversion's own last step, which `invert()` leaves in the scheduler.
+It is kept with the inversion and only VAE-decoded (bit-identical to the pipeline's
+reconstruction; tested). Other schedulers fall back to running the pipeline.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -37,7 +45,17 @@ from PIL import Image
 from ..errors import DiffexError
 from ..hashing import hash_json
 from ..types import DIRECTIONS, Concept
-from .base import EditSession, Editor
+from .base import EditOutput, EditSession, Editor
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
 
 # Option -> (parser, default). Defaults are the DiffEx reference code's settings;
 # device/dtype defaults depend on the machine and are resolved in `from_spec`.
@@ -50,9 +68,12 @@ OPTIONS: dict[str, Any] = {
     "device": str,
     "dtype": str,
     "batch": int,
+    "safety": _parse_bool,
     "revision": str,
 }
-DEFAULTS: dict[str, Any] = {"size": 512, "steps": 50, "skip": 0.1, "guidance": 10.0, "threshold": 0.75, "batch": 1}
+DEFAULTS: dict[str, Any] = {
+    "size": 512, "steps": 50, "skip": 0.1, "guidance": 10.0, "threshold": 0.75, "batch": 1, "safety": True,
+}
 DTYPES = ("float16", "bfloat16", "float32")
 # The reconstruction (null edit) is taken from the inversion of this seed; samples 0..k-1
 # of the indexer share that inversion, so the baseline costs no extra inversion.
@@ -107,9 +128,9 @@ def _local_model_hash(path: Path) -> str:
 class LeditsEditor(Editor):
     """LEDITS++ on a Stable Diffusion 1.x/2.x checkpoint (`LEditsPPPipelineStableDiffusion`).
 
-    Holds ONE pipeline, loaded on first use. LEDITS++ keeps the current inversion on the
-    pipeline object, so sessions share it under a lock and re-apply their inversion whenever
-    another session (or seed) used the pipeline since (tracked by an owner token).
+    Holds ONE pipeline, loaded on first use. LEDITS++ keeps the current inversion(s) on the
+    pipeline object, so sessions share it under a lock and re-apply their inversions whenever
+    other sessions (or another seed) used the pipeline since (tracked by owner tokens).
     """
 
     name = "ledits"
@@ -117,6 +138,9 @@ class LeditsEditor(Editor):
     # Attributes `invert()` leaves on the pipeline and `__call__` reads (besides the scheduler).
     state_tensors = ("init_latents", "zs", "inversion_steps")
     state_values = ("batch_size", "eta")
+    # Whether the null edit may be read from the inversion (see the module docstring);
+    # only verified for the SD pipeline.
+    latent_reconstruction = True
 
     def __init__(self, model: str, options: dict[str, str] | None = None):
         options = dict(options or {})
@@ -125,7 +149,8 @@ class LeditsEditor(Editor):
             try:
                 parsed[key] = OPTIONS[key](raw)
             except ValueError:
-                raise DiffexError(f"ledits option {key}={raw!r} is not a valid {OPTIONS[key].__name__}") from None
+                kind = "boolean (0/1)" if key == "safety" else OPTIONS[key].__name__
+                raise DiffexError(f"ledits option {key}={raw!r} is not a valid {kind}") from None
         if parsed["size"] <= 0 or parsed["size"] % 32:
             raise DiffexError(f"ledits option size={parsed['size']} must be a positive multiple of 32")
         if parsed["steps"] < 1:
@@ -156,9 +181,10 @@ class LeditsEditor(Editor):
         self._config: dict[str, Any] | None = None
         self._pipe = None
         self._lock = threading.RLock()
-        self._active: tuple[str, int] | None = None  # (session token, seed) whose inversion is on the pipeline
-        self.counters = {"inversions": 0, "restores": 0, "edits": 0, "reconstructions": 0}
-        self.seconds = {"load": 0.0, "invert": 0.0, "edit": 0.0}
+        self._active: tuple | None = None  # (session tokens, seed) whose inversions are on the pipeline
+        self._stacked: tuple[dict, dict] | None = None  # those inversions, as applied
+        self.counters = {"inversions": 0, "restores": 0, "edits": 0, "reconstructions": 0, "blocked": 0}
+        self.seconds = {"load": 0.0, "invert": 0.0, "edit": 0.0, "reconstruct": 0.0}
 
     # ----- identity -------------------------------------------------------------------
     @property
@@ -185,6 +211,7 @@ class LeditsEditor(Editor):
                 "guidance": o["guidance"],
                 "threshold": o["threshold"],
                 "dtype": o["dtype"],
+                "safety": o["safety"],
                 # What the seed drives, so a change of that contract changes the id.
                 "seeding": "inversion",
             }
@@ -213,6 +240,8 @@ class LeditsEditor(Editor):
         kwargs: dict[str, Any] = {dtype_key: getattr(torch, self.options["dtype"])}
         if "revision" in self.options:
             kwargs["revision"] = self.options["revision"]
+        if not self.options["safety"]:
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
         try:
             pipe = cls.from_pretrained(source, **kwargs)
         except Exception as exc:  # hub/offline/corrupt files all arrive as different types
@@ -227,6 +256,9 @@ class LeditsEditor(Editor):
         except Exception as exc:
             raise DiffexError(f"cannot move the LEDITS++ pipeline to device {self.options['device']!r}: {exc}") from None
         pipe.set_progress_bar_config(disable=True)
+        if getattr(pipe, "safety_checker", None) is not None:
+            # it logs a warning per blanked batch; diffex counts those edits as 'blocked' instead
+            logging.getLogger("diffusers.pipelines.stable_diffusion.safety_checker").setLevel(logging.ERROR)
         self.seconds["load"] += time.perf_counter() - start
         return pipe
 
@@ -236,18 +268,51 @@ class LeditsEditor(Editor):
         device = self.options["device"]
         return torch.Generator(device="cpu" if device == "mps" else device).manual_seed(int(seed))
 
+    @property
+    def batch_size(self) -> int:  # type: ignore[override]
+        return int(self.options["batch"])
+
     # ----- inversion state on the pipeline ----------------------------------------------
-    def capture_state(self, pipe) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The inversion `invert()` left on `pipe`: tensors (cloned, contiguous) and plain values."""
-        tensors = {name: getattr(pipe, name).detach().contiguous().clone() for name in self.state_tensors}
-        tensors["scheduler_timesteps"] = pipe.scheduler.timesteps.detach().contiguous().clone()
+    def capture_states(self, pipe, count: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """The inversion `invert()` left on `pipe` for `count` images, split per image:
+        tensors (cloned, contiguous) and plain values."""
+        shared = {
+            "inversion_steps": pipe.inversion_steps.detach().contiguous().clone(),
+            "scheduler_timesteps": pipe.scheduler.timesteps.detach().contiguous().clone(),
+        }
         values = {name: _jsonable(getattr(pipe, name)) for name in self.state_values}
-        values["timestep_spacing"] = pipe.scheduler.config.timestep_spacing
-        values["num_timesteps"] = int(len(pipe.scheduler.timesteps))
-        return tensors, values
+        values.update(batch_size=1, timestep_spacing=pipe.scheduler.config.timestep_spacing,
+                      num_timesteps=int(len(pipe.scheduler.timesteps)))
+        reconstruction = self._reconstruction_latents(pipe)
+        states = []
+        for b in range(count):
+            tensors = dict(shared)
+            tensors["init_latents"] = pipe.init_latents[b : b + 1].detach().contiguous().clone()
+            tensors["zs"] = pipe.zs[:, b : b + 1].detach().contiguous().clone()  # (steps, batch, ...)
+            if reconstruction is not None:
+                tensors["reconstruction"] = reconstruction[b : b + 1].detach().contiguous().clone()
+            states.append((tensors, dict(values)))
+        return states
+
+    def _reconstruction_latents(self, pipe):
+        """The latents `__call__(editing_prompt=None)` would end in, if this scheduler makes
+        them equal to the inversion's last data prediction; else None (run the pipeline)."""
+        from diffusers import DPMSolverMultistepScheduler
+
+        sched = pipe.scheduler
+        if not (
+            self.latent_reconstruction
+            and isinstance(sched, DPMSolverMultistepScheduler)
+            and sched.config.algorithm_type == "sde-dpmsolver++"
+            and sched.config.final_sigmas_type == "zero"  # the last step lands on x0 exactly
+            and sched.model_outputs[-1] is not None
+        ):
+            return None
+        return sched.model_outputs[-1]
 
     def apply_state(self, pipe, tensors: dict[str, Any], values: dict[str, Any]) -> None:
-        """Put a (cached) inversion back on `pipe`, exactly as `invert()` would have left it."""
+        """Put (cached, possibly stacked) inversions back on `pipe`, exactly as `invert()` would
+        have left them."""
         from diffusers.models.attention_processor import AttnProcessor
 
         device = pipe.device
@@ -273,6 +338,120 @@ class LeditsEditor(Editor):
     def open(self, image: Image.Image, image_id: str, cache_dir: Path) -> "LeditsSession":
         return LeditsSession(self, image, image_id, Path(cache_dir))
 
+    # ----- batches of images ---------------------------------------------------------------
+    def edit_batch(self, sessions: Sequence["LeditsSession"], concepts: Sequence[Concept], seed: int) -> list[EditOutput]:
+        """The same edit of up to `batch` images per pipeline call (their inversions stacked).
+
+        Batched pixels equal one-at-a-time pixels up to float rounding (the UNet sees a
+        larger batch; LEDITS++'s thresholded masks can turn that into a few flipped pixels),
+        which is why `batch` is not part of the editor id. Outputs are in `sessions` order."""
+        out: list[EditOutput] = []
+        step = max(1, self.batch_size)
+        for start in range(0, len(sessions), step):
+            out.extend(self._run_group(list(sessions[start : start + step]), tuple(concepts), int(seed)))
+        return out
+
+    def _run_group(self, sessions: list["LeditsSession"], concepts: tuple[Concept, ...], seed: int) -> list[EditOutput]:
+        for c in concepts:
+            if c.direction not in DIRECTIONS:
+                raise DiffexError(f"concept direction {c.direction!r}; valid: {', '.join(DIRECTIONS)}")
+        start = time.perf_counter()
+        with self._lock:
+            seed_ = RECONSTRUCT_SEED if not concepts else seed
+            pipe = self._activate(sessions, seed_)
+            try:
+                if not concepts and "reconstruction" in self._stacked[0]:
+                    images, flags = self._decode(pipe, self._stacked[0]["reconstruction"])
+                else:
+                    o = self.options
+                    kwargs: dict[str, Any] = {"editing_prompt": None}
+                    if concepts:
+                        kwargs = dict(
+                            editing_prompt=[c.prompt for c in concepts],
+                            reverse_editing_direction=[c.direction == "remove" for c in concepts],
+                            edit_guidance_scale=o["guidance"],
+                            edit_threshold=o["threshold"],
+                        )
+                    with _per_image_attention(pipe, len(sessions)):
+                        result = pipe(generator=self.generator(seed_), output_type="pil", **kwargs)
+                    images, flags = result.images, result.nsfw_content_detected
+            except Exception as exc:
+                _reraise(self, exc)
+        seconds = time.perf_counter() - start
+        self.seconds["edit" if concepts else "reconstruct"] += seconds
+        self.counters["edits" if concepts else "reconstructions"] += len(sessions)
+        outputs = []
+        for i, session in enumerate(sessions):
+            session.seconds += seconds / len(sessions)
+            blocked = bool(flags and flags[i])
+            if blocked:
+                # The safety checker replaced the image with black: stored, never measured.
+                session.meta["blocked"] = session.meta.get("blocked", 0) + 1
+                self.counters["blocked"] += 1
+            outputs.append(EditOutput(images[i], "blocked" if blocked else "ok"))
+        return outputs
+
+    def _decode(self, pipe, latents):
+        """VAE-decode stored latents through the pipeline's own post-processing (the last
+        lines of `__call__`: decode, safety checker, postprocess)."""
+        import torch
+
+        with torch.no_grad():
+            latents = latents.to(pipe.device, dtype=pipe.vae.dtype)
+            image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+            image, flags = pipe.run_safety_checker(image, pipe.device, pipe.text_encoder.dtype)
+            denormalize = [True] * image.shape[0] if flags is None else [not f for f in flags]
+            images = pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=denormalize)
+        return images, flags
+
+    def _activate(self, sessions: list["LeditsSession"], seed: int):
+        """Make the pipeline hold these sessions' inversions for `seed`, stacked in order.
+        Call with the lock held. Fresh and restored inversions both go through `apply_state`,
+        so the two paths run exactly the same tensors through the edit."""
+        states = self._inversions(sessions, seed)
+        pipe = self.pipeline()
+        key = (tuple(s.token for s in sessions), seed)
+        if self._active != key:
+            self._stacked = _stack(states)
+            self.apply_state(pipe, *self._stacked)
+            self._active = key
+        return pipe
+
+    def _inversions(self, sessions: list["LeditsSession"], seed: int) -> list[tuple[dict, dict]]:
+        """Each session's inversion for `seed`: from memory, else the cache, else computed
+        (all missing ones in one batched `invert()`) and cached per image."""
+        missing = [s for s in sessions if s.cached_inversion(seed) is None]
+        if missing:
+            self._invert(missing, seed)
+        return [s._inversions[seed] for s in sessions]
+
+    def _invert(self, sessions: list["LeditsSession"], seed: int) -> None:
+        pipe = self.pipeline()
+        o = self.options
+        start = time.perf_counter()
+        with self._lock:
+            try:
+                pipe.invert(
+                    image=[s.image for s in sessions] if len(sessions) > 1 else sessions[0].image,
+                    num_inversion_steps=o["steps"],
+                    skip=o["skip"],
+                    # one generator per image: each image draws the noise it would draw alone
+                    generator=[self.generator(seed) for _ in sessions] if len(sessions) > 1 else self.generator(seed),
+                    height=o["size"],
+                    width=o["size"],
+                )
+            except Exception as exc:
+                _reraise(self, exc)
+            self._active = None  # the pipeline now holds a raw invert(); re-applied by _activate
+            states = self.capture_states(pipe, len(sessions))
+        seconds = time.perf_counter() - start
+        self.seconds["invert"] += seconds
+        self.counters["inversions"] += len(sessions)
+        for session, state in zip(sessions, states):
+            session.seconds += seconds / len(sessions)
+            session.meta["inversions"] += 1
+            session.keep_inversion(seed, state)
+
 
 class LeditsXLEditor(LeditsEditor):
     """LEDITS++ on SDXL (`LEditsPPPipelineStableDiffusionXL`): same options; its invert()
@@ -281,6 +460,68 @@ class LeditsXLEditor(LeditsEditor):
     name = "ledits-xl"
     pipeline_class = "LEditsPPPipelineStableDiffusionXL"
     state_values = ("batch_size", "eta", "size")
+    latent_reconstruction = False  # SDXL's VAE upcasting/watermark path is not verified here
+
+
+def _stack(states: list[tuple[dict, dict]]) -> tuple[dict, dict]:
+    """Per-image inversions -> one batched inversion (images along the batch axis)."""
+    import torch
+
+    if len(states) == 1:
+        return states[0]
+    first_t, first_v = states[0]
+    for t, _ in states[1:]:
+        if not _tensor_equal(t["inversion_steps"], first_t["inversion_steps"]):
+            raise DiffexError("LEDITS++ inversions with different timesteps cannot be batched")
+    tensors = {
+        "inversion_steps": first_t["inversion_steps"],
+        "scheduler_timesteps": first_t["scheduler_timesteps"],
+        "init_latents": torch.cat([t["init_latents"] for t, _ in states]),
+        "zs": torch.cat([t["zs"] for t, _ in states], dim=1),
+    }
+    if all("reconstruction" in t for t, _ in states):
+        tensors["reconstruction"] = torch.cat([t["reconstruction"] for t, _ in states])
+    return tensors, {**first_v, "batch_size": len(states)}
+
+
+class _PerImageAttentionStore:
+    """Replacement for diffusers' `LeditsAttentionStore.__call__` (0.42.1), which regroups the
+    attention rows with `split(batch_size)` as if they were image-major. They are
+    (prompt group, image, head)-major, so with several images each image's cross-attention
+    mask mixed other images' heads and the batched edits came out wrong (max pixel
+    difference 186 against one-at-a-time on the tiny test model). Identical for one image."""
+
+    def __call__(self, attn, is_cross: bool, place_in_unet: str, editing_prompts, PnP=False):
+        if attn.shape[1] <= self.max_size:
+            groups = 1 + int(PnP) + editing_prompts  # unconditional [, PnP], one per editing prompt
+            skip = 2 if PnP else 1
+            heads = attn.shape[0] // (groups * self.batch_size)
+            per_image = attn.reshape(groups, self.batch_size, heads, *attn.shape[1:]).transpose(0, 1)
+            per_image = per_image.reshape(self.batch_size, groups * heads, *attn.shape[1:])
+            self.forward(per_image[:, skip * heads :], is_cross, place_in_unet)
+
+
+class _per_image_attention:
+    """While several images are edited in one call, build the pipeline's attention store from
+    a class with the corrected `__call__` (the pipeline looks the class up in its module)."""
+
+    def __init__(self, pipe, images: int):
+        import sys
+
+        self.module = sys.modules[type(pipe).__module__]
+        self.active = images > 1 and hasattr(self.module, "LeditsAttentionStore")
+
+    def __enter__(self):
+        if self.active:
+            self.original = self.module.LeditsAttentionStore
+            self.module.LeditsAttentionStore = type(
+                "LeditsAttentionStore", (_PerImageAttentionStore, self.original), {}
+            )
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            self.module.LeditsAttentionStore = self.original
 
 
 def _jsonable(value: Any) -> Any:
@@ -298,7 +539,8 @@ def _tensor_equal(a, b) -> bool:
 
 
 class LeditsSession(EditSession):
-    """Edits of one image. `meta` records how the input was prepared (original size, resized)."""
+    """Edits of one image. `meta` records how the input was prepared (original size, resized)
+    and how many inversions were computed, restored and edits blocked."""
 
     def __init__(self, editor: LeditsEditor, image: Image.Image, image_id: str, cache_dir: Path):
         self.editor = editor
@@ -330,17 +572,19 @@ class LeditsSession(EditSession):
         key = self.inversion_key(seed)
         return self.cache_dir / "inversions" / key[:2] / f"{key}.safetensors"
 
-    def _inversion(self, seed: int) -> tuple[dict, dict]:
-        """This image's inversion for `seed`: from memory, else the cache, else computed and cached."""
-        if seed in self._inversions:
-            return self._inversions[seed]
-        path = self.inversion_path(seed)
-        state = self._load_cached(path, seed)
-        if state is None:
-            state = self._invert(seed)
-            self._save(path, seed, *state)
+    def cached_inversion(self, seed: int) -> tuple[dict, dict] | None:
+        """This image's inversion for `seed` from memory or the on-disk cache, else None."""
+        if seed not in self._inversions:
+            state = self._load_cached(self.inversion_path(seed), seed)
+            if state is None:
+                return None
+            self._inversions[seed] = state
+        return self._inversions[seed]
+
+    def keep_inversion(self, seed: int, state: tuple[dict, dict]) -> None:
+        """Remember a freshly computed inversion and write it to the cache."""
+        self._save(self.inversion_path(seed), seed, *state)
         self._inversions[seed] = state
-        return state
 
     def _load_cached(self, path: Path, seed: int) -> tuple[dict, dict] | None:
         side = path.with_suffix(".json")
@@ -353,40 +597,12 @@ class LeditsSession(EditSession):
             tensors = load_file(str(path))
         except Exception:
             return None  # a torn or foreign file: recompute and overwrite
-        if values.get("key") != self.inversion_key(seed) or set(tensors) != {
-            *self.editor.state_tensors,
-            "scheduler_timesteps",
-        }:
+        required = {*self.editor.state_tensors, "scheduler_timesteps"}
+        if values.get("key") != self.inversion_key(seed) or not required <= set(tensors) <= required | {"reconstruction"}:
             return None
         self.meta["restored"] += 1
         self.editor.counters["restores"] += 1
         return tensors, values
-
-    def _invert(self, seed: int) -> tuple[dict, dict]:
-        editor = self.editor
-        pipe = editor.pipeline()
-        o = editor.options
-        start = time.perf_counter()
-        with editor._lock:
-            try:
-                pipe.invert(
-                    image=self.image,
-                    num_inversion_steps=o["steps"],
-                    skip=o["skip"],
-                    generator=editor.generator(seed),
-                    height=o["size"],
-                    width=o["size"],
-                )
-            except Exception as exc:
-                _reraise(editor, exc)
-            editor._active = None  # the pipeline now holds a raw invert(); re-applied below
-            state = editor.capture_state(pipe)
-        seconds = time.perf_counter() - start
-        editor.seconds["invert"] += seconds
-        self.seconds += seconds
-        editor.counters["inversions"] += 1
-        self.meta["inversions"] += 1
-        return state
 
     def _save(self, path: Path, seed: int, tensors: dict, values: dict) -> None:
         from safetensors.torch import save_file
@@ -403,50 +619,21 @@ class LeditsSession(EditSession):
         os.replace(tmp_side, side)
         os.replace(tmp, path)
 
-    def _activate(self, seed: int):
-        """Make the pipeline hold this image's inversion for `seed`. Call with the editor lock held.
-
-        Fresh and restored inversions both go through `apply_state`, so the two paths run
-        exactly the same tensors through the edit."""
-        editor = self.editor
-        tensors, values = self._inversion(seed)
-        pipe = editor.pipeline()
-        if editor._active != (self.token, seed):
-            editor.apply_state(pipe, tensors, values)
-            editor._active = (self.token, seed)
-        return pipe
-
     # ----- edits -------------------------------------------------------------------------
     def reconstruct(self) -> Image.Image:
-        # LEDITS++ accepts editing_prompt=None ("the image is reconstructed"): the same
-        # denoising loop as an edit, with the unconditional branch only and the same stored
-        # noise maps, so the baseline carries exactly the inversion/VAE artefacts the edits do.
-        # It uses the inversion of RECONSTRUCT_SEED (shared with that sample's edits).
-        image = self._run(RECONSTRUCT_SEED, editing_prompt=None)
-        self.editor.counters["reconstructions"] += 1
-        return image
+        """The null edit, from the inversion of RECONSTRUCT_SEED (shared with that sample's
+        edits), so the baseline carries exactly the inversion/VAE artefacts the edits do."""
+        return self.editor.edit_batch([self], (), RECONSTRUCT_SEED)[0].image
 
     def edit(self, concepts: Sequence[Concept], seed: int) -> Image.Image:
         if not concepts:
             raise DiffexError("edit needs at least one concept (use reconstruct() for the null edit)")
-        for c in concepts:
-            if c.direction not in DIRECTIONS:
-                raise DiffexError(f"concept direction {c.direction!r}; valid: {', '.join(DIRECTIONS)}")
-        o = self.editor.options
-        image = self._run(
-            seed,
-            editing_prompt=[c.prompt for c in concepts],
-            reverse_editing_direction=[c.direction == "remove" for c in concepts],
-            edit_guidance_scale=o["guidance"],
-            edit_threshold=o["threshold"],
-        )
-        self.editor.counters["edits"] += 1
-        return image
+        return self.editor.edit_batch([self], tuple(concepts), seed)[0].image
 
     def edit_many(self, requests: Sequence[tuple[Sequence[Concept], int]]) -> list[Image.Image]:
-        """Sequential on purpose: the diffusers pipeline batches only *joint* prompts of one
-        edit, not independent edits, so batching them would change pixels. Requests are run
-        grouped by seed (fewer inversion swaps) and returned in the caller's order."""
+        """Several edits of this image, run grouped by seed (fewer inversion swaps) and
+        returned in the caller's order. Independent edits of ONE image are not batched: the
+        pipeline batches images, and several prompts in one call make a joint edit."""
         order = sorted(range(len(requests)), key=lambda i: int(requests[i][1]))
         out: list[Image.Image | None] = [None] * len(requests)
         for i in order:
@@ -454,25 +641,9 @@ class LeditsSession(EditSession):
             out[i] = self.edit(concepts, seed)
         return out  # type: ignore[return-value]
 
-    def _run(self, seed: int, **kwargs: Any) -> Image.Image:
-        editor = self.editor
-        start = time.perf_counter()
-        with editor._lock:
-            pipe = self._activate(int(seed))
-            try:
-                result = pipe(generator=editor.generator(seed), output_type="pil", **kwargs)
-            except Exception as exc:
-                _reraise(editor, exc)
-        seconds = time.perf_counter() - start
-        editor.seconds["edit"] += seconds
-        self.seconds += seconds
-        if result.nsfw_content_detected and any(result.nsfw_content_detected):
-            self.meta["nsfw_blanked"] = self.meta.get("nsfw_blanked", 0) + 1
-        return result.images[0]
-
     def close(self) -> None:
         self._inversions.clear()
-        if self.editor._active is not None and self.editor._active[0] == self.token:
+        if self.editor._active is not None and self.token in self.editor._active[0]:
             self.editor._active = None
 
 
