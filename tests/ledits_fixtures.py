@@ -136,3 +136,60 @@ def build_tiny_sd(directory: "str | Path", seed: int = 0, safety_checker: "str |
     )
     pipe.save_pretrained(directory)
     return directory
+
+
+def build_tiny_sdxl(directory: "str | Path", seed: int = 0) -> Path:
+    """A tiny seeded SDXL pipeline (two text encoders, text-time conditioning) saved to
+    `directory`, for the `ledits-xl:` editor. Same three-level UNet shape as `build_tiny_sd`."""
+    import torch
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    directory = Path(directory)
+    tokenizer, tokenizer_2 = build_tokenizer(), build_tokenizer()
+    torch.manual_seed(seed)
+
+    def text_config():
+        return CLIPTextConfig(
+            hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=77, vocab_size=len(tokenizer.get_vocab()), bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, layer_norm_eps=1e-5,
+            projection_dim=32, hidden_act="gelu",
+        )
+
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        attention_head_dim=8,
+        use_linear_projection=True,
+        addition_embed_type="text_time",  # SDXL's size/crop conditioning
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,  # 6 time ids + pooled text embedding
+        cross_attention_dim=64,  # both text encoders' hidden states, concatenated
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        algorithm_type="sde-dpmsolver++", solver_order=2, steps_offset=1,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(text_config()), text_encoder_2=CLIPTextModelWithProjection(text_config()),
+        tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, add_watermarker=False,
+    )
+    pipe.save_pretrained(directory)
+    return directory

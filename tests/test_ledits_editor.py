@@ -300,3 +300,29 @@ def test_index_batches_images_and_resumes(model_path, tmp_path, brightness):
     again = run_index(db, [str(imgs)], tax, brightness, "ledits:" + str(model_path) + OPTIONS, beam=0, samples=1)
     assert (again.edits_computed, again.scores_computed) == (0, 0)
     assert len(list((tmp_path / "b-cache" / "inversions").rglob("*.safetensors"))) == 3
+
+
+def test_sdxl_variant_edits_restores_and_reconstructs(tmp_path):
+    """`ledits-xl:` on a tiny SDXL pipeline: the same cache contract as SD; its baseline runs the
+    pipeline (SDXL's inversion does not end in the null edit's latents)."""
+    from ledits_fixtures import build_tiny_sdxl
+
+    model = build_tiny_sdxl(tmp_path / "tiny-sdxl")
+    photo = Image.fromarray(np.random.RandomState(4).randint(0, 256, size=(64, 64, 3), dtype=np.uint8))
+    spec = "ledits-xl:" + str(model) + OPTIONS
+    outputs = []
+    for run in range(2):  # the second editor restores every inversion from the cache
+        editor = load_editor(spec)
+        calls = _unet_calls(editor.pipeline())
+        with editor.open(photo, hash_image(photo), tmp_path / "cache") as session:
+            outputs.append([session.edit([BEARD], seed=0), session.edit([NO_BEARD], seed=0)])
+            before = len(calls)
+            outputs[-1].append(session.reconstruct())
+            assert len(calls) - before == 4  # 4 steps, unconditional branch only
+            assert (session.meta["inversions"], session.meta["restored"]) == ((1, 0) if run == 0 else (0, 1))
+    first, second = outputs
+    assert all(im.size == (64, 64) for im in first)
+    assert _bytes(first[0]) != _bytes(first[1])  # add and remove differ
+    assert [_bytes(im) for im in first] == [_bytes(im) for im in second]
+    with pytest.raises(DiffexError, match="batch must be 1"):
+        load_editor(spec + "&batch=2")

@@ -355,10 +355,10 @@ class LeditsEditor(Editor):
         for c in concepts:
             if c.direction not in DIRECTIONS:
                 raise DiffexError(f"concept direction {c.direction!r}; valid: {', '.join(DIRECTIONS)}")
-        start = time.perf_counter()
         with self._lock:
             seed_ = RECONSTRUCT_SEED if not concepts else seed
-            pipe = self._activate(sessions, seed_)
+            pipe = self._activate(sessions, seed_)  # may invert: timed as inversion, not here
+            start = time.perf_counter()
             try:
                 if not concepts and "reconstruction" in self._stacked[0]:
                     images, flags = self._decode(pipe, self._stacked[0]["reconstruction"])
@@ -460,7 +460,16 @@ class LeditsXLEditor(LeditsEditor):
     name = "ledits-xl"
     pipeline_class = "LEditsPPPipelineStableDiffusionXL"
     state_values = ("batch_size", "eta", "size")
-    latent_reconstruction = False  # SDXL's VAE upcasting/watermark path is not verified here
+    # Its invert() ends with zero-noise steps, so the null edit is not the last data
+    # prediction (measured): the baseline runs the pipeline.
+    latent_reconstruction = False
+
+    def __init__(self, model: str, options: dict[str, str] | None = None):
+        super().__init__(model, options)
+        if self.options["batch"] != 1:
+            # diffusers 0.42.1's SDXL __call__ builds one image's time ids for the whole batch
+            # (a shape error in the UNet), so only one image per call works.
+            raise DiffexError("ledits-xl: batch must be 1 (diffusers' SDXL LEDITS++ pipeline edits one image per call)")
 
 
 def _stack(states: list[tuple[dict, dict]]) -> tuple[dict, dict]:
