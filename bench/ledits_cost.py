@@ -7,17 +7,22 @@ Same workload for both, on a tiny random-weight SD pipeline built into a temp di
       (what the public DiffEx code does; it keeps nothing and has no baseline);
   (b) diffex: `run_index` (beam=0, the whole tree) with the `ledits:` editor: one session per
       image, one inversion per (image, sample seed) shared by all its nodes, cached on disk,
-      plus the null-edit baseline per image; classifier and store included.
+      plus the null-edit baseline per image (read from the inversion: a VAE decode, no UNet);
+      classifier and store included. Run at batch=1 (the ratio) and at each --batches size
+      (several images per UNet call; same UNet evaluations, fewer calls).
 
 UNet sample evaluations are counted by wrapping the UNet's forward (adding the batch size of
 each call); wall time is measured in the same run. The last line reads
 `unet_evals_ratio=<x> wall_ratio=<y>` (diffex / reference).
 
 `--full-size` also times one inversion + one edit at 512 px with full-size SD 1.5 shapes
-(random weights) on this machine's CPU (or --device), using few steps and extrapolating.
+(random weights) on this machine's CPU (or --device), using few steps and extrapolating,
+for each image batch size in --full-batches. The prepared GPU check (fp16, batch 1/4/8):
 
-Usage: python bench/ledits_cost.py [--images 8 --nodes 12 --samples 2 --steps 10 --size 64]
-       python bench/ledits_cost.py --full-size [--full-steps 3]
+  python bench/ledits_cost.py --full-only --device cuda --dtype float16 --full-steps 50 --full-batches 1,4,8
+
+Usage: python bench/ledits_cost.py [--images 8 --nodes 12 --samples 2 --steps 10 --size 64 --batches 4]
+       python bench/ledits_cost.py --full-size [--full-steps 3 --full-batches 1]
 """
 
 from __future__ import annotations
@@ -162,22 +167,17 @@ class Reference:
 class Diffex:
     """diffex's indexing path: `run_index` with the `ledits:` editor (one session per image)."""
 
-    def __init__(self, model_path: Path, words: list[str], samples: int, args, work: Path):
+    def __init__(self, model_path: Path, words: list[str], samples: int, args, work: Path, batch: int = 1):
         from diffex.editors import load_editor
 
-        self.words, self.samples, self.args, self.work = words, samples, args, work
+        self.words, self.samples, self.args, self.work, self.batch = words, samples, args, work, batch
         spec = (
             f"ledits:{model_path}?size={args.size}&steps={args.steps}&skip={args.skip}"
-            f"&guidance={args.guidance}&threshold={args.threshold}"
+            f"&guidance={args.guidance}&threshold={args.threshold}&batch={batch}"
         )
         self.editor = load_editor(spec)
         self.counter = UnetCounter(self.editor.pipeline().unet)
         self.taxonomy = {"domain": "bench", "categories": {w: [] for w in words}}
-        try:
-            from diffex.indexer import run_index
-        except ImportError:  # pragma: no cover - before the indexer existed
-            run_index = None
-        self.run_index = run_index
         self.wall = 0.0
         self.edits_computed = self.edits_reused = 0
 
@@ -186,45 +186,39 @@ class Diffex:
 
         from diffex.types import Concept
 
-        with self.editor.open(Image.open(path).convert("RGB"), "warm-up", self.work / "warm-cache") as session:
-            session.edit([Concept(self.words[0])], seed=99)
+        image = Image.open(path).convert("RGB")
+        sessions = [self.editor.open(image, f"warm-up-{i}", self.work / "warm-cache") for i in range(self.batch)]
+        self.editor.edit_batch(sessions, (Concept(self.words[0]),), 99)
+        for session in sessions:
+            session.close()
         self.counter.reset()
         for key in self.editor.counters:
             self.editor.counters[key] = 0
-        self.editor.seconds.update({"invert": 0.0, "edit": 0.0})
+        self.editor.seconds.update({"invert": 0.0, "edit": 0.0, "reconstruct": 0.0})
 
     def run(self, paths: list[Path]) -> None:
         """Index `paths` (the full path: images, taxonomy, edits, classifier, store)."""
+        from diffex.indexer import run_index
+
         start = time.perf_counter()
-        if self.run_index is not None:
-            stats = self.run_index(
-                self.work / "bench.duckdb", images=[str(p) for p in paths], taxonomy=self.taxonomy,
-                classifier=make_classifier(), editor=self.editor, beam=0, samples=self.samples,
-                progress=False, cache_dir=self.work / "cache",
-            )
-            self.edits_computed += stats.edits_computed
-            self.edits_reused += stats.edits_reused
-        else:  # TODO: drop once diffex.indexer.run_index is always present
-            from PIL import Image
-
-            from diffex.types import Concept
-
-            for path in paths:
-                with self.editor.open(Image.open(path).convert("RGB"), path.name, self.work / "cache") as session:
-                    session.reconstruct()
-                    for word in self.words:
-                        for seed in range(self.samples):
-                            session.edit([Concept(word)], seed)
-                    self.edits_computed += 1 + len(self.words) * self.samples
+        stats = run_index(
+            self.work / f"bench-b{self.batch}.duckdb", images=[str(p) for p in paths], taxonomy=self.taxonomy,
+            classifier=make_classifier(), editor=self.editor, beam=0, samples=self.samples,
+            progress=False, cache_dir=self.work / f"cache-b{self.batch}",
+        )
+        self.edits_computed += stats.edits_computed
+        self.edits_reused += stats.edits_reused
         self.wall += time.perf_counter() - start
 
     def result(self) -> dict:
         c, sec = self.editor.counters, self.editor.seconds
         return {
             "inversions": c["inversions"], "edits": c["edits"], "baselines": c["reconstructions"],
-            "unet_evals": self.counter.evals, "wall": self.wall, "edits_computed": self.edits_computed,
+            "unet_evals": self.counter.evals, "unet_calls": self.counter.calls, "wall": self.wall,
+            "edits_computed": self.edits_computed,
             "t_inv": sec["invert"] / max(1, c["inversions"]),
-            "t_edit": sec["edit"] / max(1, c["edits"] + c["reconstructions"]),
+            "t_edit": sec["edit"] / max(1, c["edits"]),
+            "t_base": sec["reconstruct"] / max(1, c["reconstructions"]),
         }
 
 
@@ -270,29 +264,47 @@ def full_size(args) -> None:
     counter = UnetCounter(pipe.unet)
     params = sum(p.numel() for p in unet.parameters()) / 1e6
     print(f"full-size build: {time.perf_counter() - t0:.1f} s (UNet {params:.0f} M params) on {device} {args.dtype}")
-    image = Image.new("RGB", (512, 512), (120, 90, 60))
+    from diffex.editors.ledits import _per_image_attention
+
     k, target = args.full_steps, args.steps_target
-    gen = torch.Generator(device).manual_seed(0)
-    t0 = time.perf_counter()
-    pipe.invert(image, num_inversion_steps=k, skip=0.1, generator=gen, height=512, width=512)
-    inv_total, inv_unet, inv_evals = time.perf_counter() - t0, counter.seconds, counter.evals
-    counter.reset()
-    t0 = time.perf_counter()
-    pipe(editing_prompt=["beard"], edit_guidance_scale=10.0, edit_threshold=0.75, generator=gen)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    edit_total, edit_unet, edit_evals = time.perf_counter() - t0, counter.seconds, counter.evals
+    note = "measured" if k == target else f"extrapolated linearly from {k} to {target} steps"
 
     def extrapolate(total: float, unet_s: float) -> float:
         return (total - unet_s) + unet_s * target / k  # fixed cost (VAE, text) + UNet cost per step
 
-    print(f"measured with {k} steps: invert {inv_total:.1f} s ({inv_evals} UNet evals, {inv_unet:.1f} s in UNet), "
-          f"edit {edit_total:.1f} s ({edit_evals} UNet evals, {edit_unet:.1f} s in UNet)")
-    print(f"per UNet sample evaluation at 512 px: {(inv_unet + edit_unet) / (inv_evals + edit_evals):.2f} s")
-    inv_x, edit_x = extrapolate(inv_total, inv_unet), extrapolate(edit_total, edit_unet)
-    note = "measured" if k == target else f"extrapolated linearly from {k} to {target} steps"
-    print(f"full_size_{target}_steps ({note}): invert {inv_x:.0f} s, edit {edit_x:.0f} s, "
-          f"reference invert+edit per keyword-sample {inv_x + edit_x:.0f} s")
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    per_image = {}
+    for batch in [int(b) for b in args.full_batches.split(",")]:
+        images = [Image.new("RGB", (512, 512), (120 + 10 * i, 90, 60)) for i in range(batch)]
+        gens = [torch.Generator(device).manual_seed(0) for _ in images]
+        counter.reset()
+        sync()
+        t0 = time.perf_counter()
+        try:
+            pipe.invert(images if batch > 1 else images[0], num_inversion_steps=k, skip=0.1,
+                        generator=gens if batch > 1 else gens[0], height=512, width=512)
+            sync()
+            inv_total, inv_unet, inv_evals = time.perf_counter() - t0, counter.seconds, counter.evals
+            counter.reset()
+            t0 = time.perf_counter()
+            with _per_image_attention(pipe, batch):  # what diffex runs for several images
+                pipe(editing_prompt=["beard"], edit_guidance_scale=10.0, edit_threshold=0.75, generator=gens[0])
+            sync()
+        except torch.cuda.OutOfMemoryError:
+            print(f"batch {batch}: out of GPU memory")
+            break
+        edit_total, edit_unet, edit_evals = time.perf_counter() - t0, counter.seconds, counter.evals
+        inv_x, edit_x = extrapolate(inv_total, inv_unet), extrapolate(edit_total, edit_unet)
+        per_image[batch] = (inv_x / batch, edit_x / batch)
+        mem = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.startswith("cuda") else ""
+        print(f"batch {batch}: measured with {k} steps: invert {inv_total:.2f} s ({inv_evals} UNet evals, "
+              f"{inv_unet:.2f} s in UNet), edit {edit_total:.2f} s ({edit_evals} UNet evals, {edit_unet:.2f} s in UNet){mem}")
+        print(f"full_size_{target}_steps batch={batch} ({note}): per image invert {inv_x / batch:.2f} s, "
+              f"edit {edit_x / batch:.2f} s; per-image edit speed-up vs batch 1 "
+              f"{per_image[min(per_image)][1] / (edit_x / batch):.2f}x")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -308,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--full-size", action="store_true", help="also time one edit at 512 px with SD 1.5 shapes")
     parser.add_argument("--full-only", action="store_true", help="only the --full-size timing")
     parser.add_argument("--full-steps", type=int, default=3, help="steps actually run at full size")
+    parser.add_argument("--full-batches", default="1", help="image batch sizes timed at full size, e.g. 1,4,8")
+    parser.add_argument("--batches", default="4", help="extra diffex image batch sizes on the tiny workload ('' for none)")
     parser.add_argument("--steps-target", type=int, default=50, help="steps to extrapolate the full-size cost to")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 keeps timings stable on a shared 2-core machine)")
@@ -343,13 +357,23 @@ def main(argv: list[str] | None = None) -> None:
 
         ref = Reference(model_path, words, s, args)
         dx = Diffex(model_path, words, s, args, work)
+        batched = {b: Diffex(model_path, words, s, args, work, batch=b) for b in (int(x) for x in args.batches.split(",") if x)}
         ref.warm_up(image_paths[0])
         dx.warm_up(image_paths[0])
-        # Interleave per image so both see the same machine load (other jobs share these cores).
-        for path in image_paths:
-            ref.run_image(path)
-            dx.run([path])
+        for other in batched.values():
+            other.warm_up(image_paths[0])
+        # Interleave so the runs see the same machine load (other jobs share these cores): the
+        # reference and diffex batch=1 image by image, the batched runs per group of images.
+        group = max([1, *batched])
+        for start in range(0, len(image_paths), group):
+            paths = image_paths[start : start + group]
+            for path in paths:
+                ref.run_image(path)
+                dx.run([path])
+            for other in batched.values():
+                other.run(paths)
         ref, dx_obj, dx = ref.result(), dx, dx.result()
+        batched = {b: other.result() for b, other in batched.items()}
         # Index everything again into the same store: nothing should be recomputed.
         dx_obj.counter.reset()
         t0 = time.perf_counter()
@@ -362,34 +386,35 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{'':<22}{'inversions':>11}{'edits':>7}{'baselines':>10}{'UNet evals':>12}{'wall s':>9}")
         for name, r in (("reference (a)", ref), ("diffex run_index (b)", dx)):
             print(f"{name:<22}{r['inversions']:>11}{r['edits']:>7}{r['baselines']:>10}{r['unet_evals']:>12}{r['wall']:>9.1f}")
-        if True:
-            print(f"{'diffex re-run':<22}{0:>11}{again['edits_computed']:>7}{'':>10}{again['unet_evals']:>12}"
-                  f"{again['wall']:>9.1f}   ({again['edits_reused']} edits reused)")
+        print(f"{'diffex re-run':<22}{0:>11}{again['edits_computed']:>7}{'':>10}{again['unet_evals']:>12}"
+              f"{again['wall']:>9.1f}   ({again['edits_reused']} edits reused)")
         print(f"mean seconds: reference invert {ref['t_inv']:.3f} edit {ref['t_edit']:.3f}; "
-              f"diffex invert {dx['t_inv']:.3f} edit/baseline {dx['t_edit']:.3f}")
+              f"diffex invert {dx['t_inv']:.3f} edit {dx['t_edit']:.3f} baseline {dx['t_base']:.3f}")
+        for b, r in batched.items():
+            print(f"diffex batch={b}: {r['unet_evals']} UNet evals in {r['unet_calls']} calls "
+                  f"(batch=1: {dx['unet_evals']} in {dx['unet_calls']}), wall {r['wall']:.1f} s, "
+                  f"batch{b}_wall_ratio={r['wall'] / dx['wall']:.3f} (vs diffex batch=1)")
 
         # Scaling with nodes per image n (s samples, T steps). UNet evals per call: invert T
-        # (batch 1, empty source prompt), edit 2T (unconditional + one concept), baseline T.
-        #   reference: n*s*(inv + edit);  diffex: s*inv + baseline + n*s*edit
+        # (batch 1, empty source prompt), edit 2T (unconditional + one concept), baseline 0
+        # (read from the inversion).  reference: n*s*(inv + edit);  diffex: s*inv + n*s*edit
         # (one inversion per sample seed: LEDITS++ samples differ only through the inversion noise).
         T = args.steps
-        inv_e, edit_e, base_e = T, 2 * T, T
-        t_inv, t_edit = ref["t_inv"], ref["t_edit"]
-        t_base = t_edit * 0.5  # one UNet branch instead of two, same loop overhead (estimate)
+        inv_e, edit_e = T, 2 * T
+        t_inv, t_edit, t_base = ref["t_inv"], ref["t_edit"], dx["t_base"]
         print()
         print("scaling with nodes per image (formula, evals exact for this pipeline, wall from measured means):")
-        print(f"{'nodes':>6}{'UNet ratio':>12}{'  (no baseline)':>16}{'wall ratio':>12}")
-        for n in sorted({3, 6, 12, 24, args.nodes}):
+        print(f"{'nodes':>6}{'UNet ratio':>12}{'wall ratio':>12}")
+        for n in sorted({1, 3, 6, 12, 24, args.nodes}):
             ref_e = n * s * (inv_e + edit_e)
-            unet_ratio = (s * inv_e + base_e + n * s * edit_e) / ref_e
-            unet_nb = (s * inv_e + n * s * edit_e) / ref_e
+            unet_ratio = (s * inv_e + n * s * edit_e) / ref_e
             wall_ratio = (s * t_inv + t_base + n * s * t_edit) / (n * s * (t_inv + t_edit))
-            print(f"{n:>6}{unet_ratio:>12.3f}{unet_nb:>16.3f}{wall_ratio:>12.3f}")
-        print(f"limit n->inf: edit/(inv+edit) = {edit_e / (inv_e + edit_e):.3f} UNet evals")
+            print(f"{n:>6}{unet_ratio:>12.3f}{wall_ratio:>12.3f}")
+        print(f"UNet ratio = (1 + 2n)/(3n): limit n->inf edit/(inv+edit) = {edit_e / (inv_e + edit_e):.3f}")
 
         unet_ratio = dx["unet_evals"] / ref["unet_evals"]
         wall_ratio = dx["wall"] / ref["wall"]
-        summary = {"reference": ref, "diffex": dx, "diffex_rerun": again}
+        summary = {"reference": ref, "diffex": dx, "diffex_rerun": again, "diffex_batched": batched}
         print()
         print("json: " + json.dumps(summary, default=float))
         print(f"unet_evals_ratio={unet_ratio:.3f} wall_ratio={wall_ratio:.3f}")
