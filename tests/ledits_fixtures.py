@@ -47,6 +47,42 @@ def build_tokenizer():
     return CLIPTokenizer(vocab, merges, model_max_length=77)
 
 
+# Three UNet levels: with two, LEDITS++'s attention store keeps no maps (it stores the 1/4
+# resolution level only) and editing fails in aggregate_attention.
+UNET_LEVELS = dict(
+    block_out_channels=(32, 64, 64),
+    layers_per_block=1,
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    attention_head_dim=8,
+    norm_num_groups=8,
+)
+
+
+def _tiny_vae_and_scheduler():
+    """A 2-level VAE and the sde-dpmsolver++ scheduler LEDITS++ uses (DDIM breaks invert())."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler
+
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        algorithm_type="sde-dpmsolver++", solver_order=2, steps_offset=1,
+    )
+    return vae, scheduler
+
+
 def build_safety_checker(flag_everything: bool):
     """A tiny real `StableDiffusionSafetyChecker` (+ its image processor) whose concept
     thresholds make it flag every image (-2: cosine - threshold > 0 always) or none (+2)."""
@@ -72,7 +108,7 @@ def build_tiny_sd(directory: "str | Path", seed: int = 0, safety_checker: "str |
     """Build and `save_pretrained` a tiny seeded SD pipeline into `directory`; returns that path.
     `safety_checker="flag-all"` adds a real safety checker that blanks every output."""
     import torch
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     directory = Path(directory)
@@ -93,36 +129,8 @@ def build_tiny_sd(directory: "str | Path", seed: int = 0, safety_checker: "str |
             projection_dim=32,
         )
     )
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
-    )
-    scheduler = DPMSolverMultistepScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        algorithm_type="sde-dpmsolver++",
-        solver_order=2,
-        steps_offset=1,
-    )
+    unet = UNet2DConditionModel(**UNET_LEVELS, cross_attention_dim=32)
+    vae, scheduler = _tiny_vae_and_scheduler()
     checker, processor = build_safety_checker(True) if safety_checker == "flag-all" else (None, None)
     pipe = StableDiffusionPipeline(
         vae=vae,
@@ -142,7 +150,7 @@ def build_tiny_sdxl(directory: "str | Path", seed: int = 0) -> Path:
     """A tiny seeded SDXL pipeline (two text encoders, text-time conditioning) saved to
     `directory`, for the `ledits-xl:` editor. Same three-level UNet shape as `build_tiny_sd`."""
     import torch
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     directory = Path(directory)
@@ -158,35 +166,14 @@ def build_tiny_sdxl(directory: "str | Path", seed: int = 0) -> Path:
         )
 
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        attention_head_dim=8,
+        **UNET_LEVELS,
         use_linear_projection=True,
         addition_embed_type="text_time",  # SDXL's size/crop conditioning
         addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=6 * 8 + 32,  # 6 time ids + pooled text embedding
         cross_attention_dim=64,  # both text encoders' hidden states, concatenated
-        norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
-    )
-    scheduler = DPMSolverMultistepScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        algorithm_type="sde-dpmsolver++", solver_order=2, steps_offset=1,
-    )
+    vae, scheduler = _tiny_vae_and_scheduler()
     pipe = StableDiffusionXLPipeline(
         vae=vae, text_encoder=CLIPTextModel(text_config()), text_encoder_2=CLIPTextModelWithProjection(text_config()),
         tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, add_watermarker=False,
