@@ -639,17 +639,6 @@ class LeditsSession(EditSession):
             raise DiffexError("edit needs at least one concept (use reconstruct() for the null edit)")
         return self.editor.edit_batch([self], tuple(concepts), seed)[0].image
 
-    def edit_many(self, requests: Sequence[tuple[Sequence[Concept], int]]) -> list[Image.Image]:
-        """Several edits of this image, run grouped by seed (fewer inversion swaps) and
-        returned in the caller's order. Independent edits of ONE image are not batched: the
-        pipeline batches images, and several prompts in one call make a joint edit."""
-        order = sorted(range(len(requests)), key=lambda i: int(requests[i][1]))
-        out: list[Image.Image | None] = [None] * len(requests)
-        for i in order:
-            concepts, seed = requests[i]
-            out[i] = self.edit(concepts, seed)
-        return out  # type: ignore[return-value]
-
     def close(self) -> None:
         self._inversions.clear()
         if self.editor._active is not None and self.token in self.editor._active[0]:
