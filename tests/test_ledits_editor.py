@@ -326,3 +326,36 @@ def test_sdxl_variant_edits_restores_and_reconstructs(tmp_path):
     assert [_bytes(im) for im in first] == [_bytes(im) for im in second]
     with pytest.raises(DiffexError, match="batch must be 1"):
         load_editor(spec + "&batch=2")
+
+
+# The schedulers the real checkpoints ship (scheduler/scheduler_config.json on the hub).
+SD15_SCHEDULER = {"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                  "beta_start": 0.00085, "num_train_timesteps": 1000, "set_alpha_to_one": False,
+                  "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None, "clip_sample": False}
+SDXL_SCHEDULER = {"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                  "beta_start": 0.00085, "num_train_timesteps": 1000, "steps_offset": 1,
+                  "timestep_spacing": "leading", "interpolation_type": "linear", "prediction_type": "epsilon",
+                  "use_karras_sigmas": False}
+
+
+@pytest.mark.parametrize("kind", ["ledits", "ledits-xl"])
+def test_checkpoints_shipping_another_scheduler_get_the_ledits_one(kind, tmp_path):
+    """SD 1.5 ships PNDM and SDXL Euler; plain from_pretrained gives a deterministic dpmsolver++
+    that invert() rejects (NotImplementedError). diffex loads them with sde-dpmsolver++."""
+    import json
+
+    from ledits_fixtures import build_tiny_sdxl
+
+    model = (build_tiny_sd if kind == "ledits" else build_tiny_sdxl)(tmp_path / "model")
+    scheduler = SD15_SCHEDULER if kind == "ledits" else SDXL_SCHEDULER
+    (model / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    editor = load_editor(f"{kind}:{model}{OPTIONS}")
+    pipe = editor.pipeline()
+    assert (type(pipe.scheduler).__name__, pipe.scheduler.config.algorithm_type) == (
+        "DPMSolverMultistepScheduler", "sde-dpmsolver++")
+    assert editor.config["scheduler"]["beta_schedule"] == "scaled_linear"  # the shipped config is hashed
+    photo = Image.fromarray(np.random.RandomState(6).randint(0, 256, size=(64, 64, 3), dtype=np.uint8))
+    with editor.open(photo, hash_image(photo), tmp_path / "cache") as session:
+        assert session.edit([BEARD], seed=0).size == (64, 64)
+        baseline = session.reconstruct()
+        assert _bytes(baseline) == _bytes(pipe(editing_prompt=None, output_type="pil").images[0])

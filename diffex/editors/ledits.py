@@ -251,6 +251,7 @@ class LeditsEditor(Editor):
                 "put the model in the local Hugging Face cache and set HF_HUB_OFFLINE=1, "
                 "or pass a local path saved with save_pretrained (ledits:/path/to/model)"
             ) from None
+        _use_ledits_scheduler(pipe)
         try:
             pipe = pipe.to(self.options["device"])
         except Exception as exc:
@@ -531,6 +532,28 @@ class _per_image_attention:
     def __exit__(self, *exc):
         if self.active:
             self.module.LeditsAttentionStore = self.original
+
+
+def _use_ledits_scheduler(pipe) -> None:
+    """Give `pipe` the scheduler LEDITS++ inverts with: DPM-Solver++ SDE, order 2.
+
+    A checkpoint that ships another scheduler (SD 1.5 ships PNDM, SDXL Euler) is loaded by
+    diffusers 0.42.1 as a *deterministic* `dpmsolver++` DPMSolverMultistepScheduler, which the
+    pipeline's constructor then keeps, and `invert()` fails with a bare NotImplementedError.
+    (DDIM, the other scheduler it accepts, breaks `invert()` in this version; ENVIRONMENT.md.)
+    The swap is a function of the checkpoint's scheduler config, which the editor id hashes."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    sched = pipe.scheduler
+    if (
+        isinstance(sched, DPMSolverMultistepScheduler)
+        and sched.config.algorithm_type == "sde-dpmsolver++"
+        and sched.config.solver_order == 2
+    ):
+        return
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+        sched.config, algorithm_type="sde-dpmsolver++", solver_order=2
+    )
 
 
 def _jsonable(value: Any) -> Any:
