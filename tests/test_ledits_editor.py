@@ -137,8 +137,9 @@ def test_editor_id_tracks_pixel_options_only(model_path, fresh):
     config = fresh["editor"].config
     assert len(config["model"]["sha256"]) == 64
     assert config["scheduler"]["algorithm_type"] == "sde-dpmsolver++"
-    hub = load_editor("ledits:some-org/some-model?revision=abc")
-    assert hub.config["model"] == {"id": "some-org/some-model", "revision": "abc"}
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    hub = load_editor(f"ledits:some-org/some-model?revision={commit}")  # a commit needs no lookup
+    assert hub.config["model"] == {"id": "some-org/some-model", "revision": commit}
 
 
 def test_bad_specs_raise_diffex_errors(model_path, tmp_path):
@@ -359,3 +360,46 @@ def test_checkpoints_shipping_another_scheduler_get_the_ledits_one(kind, tmp_pat
         assert session.edit([BEARD], seed=0).size == (64, 64)
         baseline = session.reconstruct()
         assert _bytes(baseline) == _bytes(pipe(editing_prompt=None, output_type="pil").images[0])
+
+
+def test_hub_model_id_loads_offline_from_the_cache_pinned_to_its_commit(model_path, tmp_path, brightness):
+    """`ledits:org/name` as a user types it, with the model in the Hugging Face cache and
+    HF_HUB_OFFLINE=1: the real hub loading path. The editor id pins the commit "main" points to."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import duckdb
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-sd"
+    shutil.copytree(model_path, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    imgs = tmp_path / "photos"
+    imgs.mkdir()
+    Image.fromarray(np.random.RandomState(7).randint(0, 256, size=(64, 64, 3), dtype=np.uint8)).save(imgs / "p.png")
+    (tmp_path / "tax.json").write_text(json.dumps({"categories": {"facial hair": ["beard"]}}))
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+
+    def index(editor: str) -> subprocess.CompletedProcess:
+        args = ["index", "--db", tmp_path / "h.duckdb", "--images", imgs, "--taxonomy", tmp_path / "tax.json",
+                "--classifier", brightness, "--editor", editor, "--beam", "0", "--samples", "1", "--json"]
+        return subprocess.run([sys.executable, "-m", "diffex.cli.main", *map(str, args)],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    done = index("ledits:tiny-org/tiny-sd?size=64&steps=2")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["edits_computed"] == 1 + 2  # baseline + 2 nodes
+    con = duckdb.connect(str(tmp_path / "h.duckdb"), read_only=True)
+    try:
+        config = json.loads(con.execute("SELECT config FROM editors").fetchone()[0])
+    finally:
+        con.close()
+    assert config["model"] == {"id": "tiny-org/tiny-sd", "revision": commit}
+    missing = index("ledits:tiny-org/not-in-cache?size=64")
+    assert missing.returncode == 1
+    assert "HF_HUB_OFFLINE" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().splitlines()[-1].startswith("Error: cannot load LEDITS++ model")

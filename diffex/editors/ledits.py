@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -105,6 +106,21 @@ def from_spec(rest: str) -> "LeditsEditor":
 
 def from_spec_xl(rest: str) -> "LeditsXLEditor":
     return LeditsXLEditor(*parse_spec(rest))
+
+
+def _hub_commit(model: str, revision: str) -> str | None:
+    """The commit `revision` of hub model `model` resolves to in the local Hugging Face cache
+    (a 40-hex revision is a commit already), or None when the cache does not have it."""
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(model, "model_index.json", revision=revision)
+    except Exception:  # an id the hub library rejects: loading will say what is wrong
+        return None
+    # .../models--org--name/snapshots/<commit>/model_index.json
+    return Path(found).parent.name if isinstance(found, str) else None
 
 
 def _local_model_hash(path: Path) -> str:
@@ -195,8 +211,14 @@ class LeditsEditor(Editor):
                 scheduler_file = self.local_path / "scheduler" / "scheduler_config.json"
                 scheduler = json.loads(scheduler_file.read_text()) if scheduler_file.exists() else None
             else:
-                # A hub checkpoint is pinned by id + revision; its scheduler config comes with it.
-                model = {"id": self.model, "revision": self.options.get("revision", "main")}
+                # A hub checkpoint is pinned by id + the commit its revision points to (a branch
+                # like "main" moves); its scheduler config comes with that commit.
+                revision = self.options.get("revision", "main")
+                commit = _hub_commit(self.model, revision)
+                if commit is None:
+                    self.pipeline()  # not in the local cache: download it (or fail saying how to get it)
+                    commit = _hub_commit(self.model, revision) or revision
+                model = {"id": self.model, "revision": commit}
                 scheduler = None
             if isinstance(scheduler, dict):
                 scheduler = {k: v for k, v in scheduler.items() if not k.startswith("_")}
