@@ -45,6 +45,15 @@ def test_fp16_cuda_edits_restore_and_batch(tmp_path):
                 s.close()
         assert all((a == b).all() for a, b in zip(*runs))  # restored == fresh, on the GPU
         results[batch] = runs[0]
+    # a batch mixing one restored inversion (CPU tensors from the cache) with fresh ones (GPU)
+    editor = load_editor(f"ledits:{model}?size=64&steps=4&device=cuda&batch=4")
+    sessions = [editor.open(p, hash_image(p), tmp_path / "cache-mixed") for p in photos]
+    editor.edit_batch(sessions[:1], concepts, 1)
+    mixed = load_editor(f"ledits:{model}?size=64&steps=4&device=cuda&batch=4")
+    sessions = [mixed.open(p, hash_image(p), tmp_path / "cache-mixed") for p in photos]
+    outs = mixed.edit_batch(sessions, concepts, 1)
+    assert (mixed.counters["restores"], mixed.counters["inversions"]) == (1, 3)
+    assert all(np.abs(np.asarray(o.image).astype(int) - r).mean() < 0.5 for o, r in zip(outs, results[4][:4]))
     for a, b in zip(results[1], results[4]):
         assert a.shape == (64, 64, 3)
         assert np.abs(a - b).mean() < 0.5  # fp16 rounding, not another image's attention

@@ -505,14 +505,19 @@ def _stack(states: list[tuple[dict, dict]]) -> tuple[dict, dict]:
     for t, _ in states[1:]:
         if not _tensor_equal(t["inversion_steps"], first_t["inversion_steps"]):
             raise DiffexError("LEDITS++ inversions with different timesteps cannot be batched")
+    # Fresh inversions live on the pipeline's device, restored ones on the CPU: concatenate on
+    # the CPU (a few MB); apply_state moves the result to the device.
+    def cat(name: str, dim: int = 0):
+        return torch.cat([t[name].cpu() for t, _ in states], dim=dim)
+
     tensors = {
         "inversion_steps": first_t["inversion_steps"],
         "scheduler_timesteps": first_t["scheduler_timesteps"],
-        "init_latents": torch.cat([t["init_latents"] for t, _ in states]),
-        "zs": torch.cat([t["zs"] for t, _ in states], dim=1),
+        "init_latents": cat("init_latents"),
+        "zs": cat("zs", dim=1),
     }
     if all("reconstruction" in t for t, _ in states):
-        tensors["reconstruction"] = torch.cat([t["reconstruction"] for t, _ in states])
+        tensors["reconstruction"] = cat("reconstruction")
     return tensors, {**first_v, "batch_size": len(states)}
 
 
