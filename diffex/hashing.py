@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from PIL import Image
 
@@ -55,3 +58,67 @@ def edit_id_for(image_id: str, editor_id: str, prompts: tuple[str, ...], directi
     return hash_json(
         {"image": image_id, "editor": editor_id, "prompts": sorted(prompts), "direction": direction, "seed": seed}
     )[:32]
+
+
+# Files hashed in this process: (root, ((name, size, mtime_ns), ...)) -> sha256.
+_FILE_HASHES: dict[tuple, str] = {}
+
+
+def user_cache_dir() -> Path:
+    """Where diffex keeps per-user memos: $DIFFEX_CACHE_DIR, else $XDG_CACHE_HOME/diffex,
+    else ~/.cache/diffex."""
+    if os.environ.get("DIFFEX_CACHE_DIR"):
+        return Path(os.environ["DIFFEX_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "diffex"
+
+
+def hash_files(root: Path, files: Sequence[Path]) -> str:
+    """sha256 over the relative names and bytes of `files` under `root` (model weights: GBs).
+
+    Memoised like make: by resolved root and each file's (name, size, mtime_ns), in this process
+    and across processes in `user_cache_dir()/file-hashes.json`, so a new `diffex index` does
+    not read a 5 GB checkpoint again. A file rewritten in place with the same size and mtime
+    keeps its old hash; touch it (any new mtime) to re-hash."""
+    root = Path(root)
+    ordered = sorted(files, key=lambda p: str(p.relative_to(root)))
+    signature = tuple((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in ordered)
+    key = (str(root.resolve()), signature)
+    if key in _FILE_HASHES:
+        return _FILE_HASHES[key]
+    memo_key = hash_json(list(key))
+    memo_path = user_cache_dir() / "file-hashes.json"
+    memo = _read_memo(memo_path)
+    digest = memo.get(memo_key)
+    if digest is None:
+        h = hashlib.sha256()
+        for p in ordered:
+            h.update(str(p.relative_to(root)).encode() + b"\0")
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        digest = h.hexdigest()
+        memo[memo_key] = digest
+        _write_memo(memo_path, memo)
+    _FILE_HASHES[key] = digest
+    return digest
+
+
+def _read_memo(path: Path) -> dict[str, str]:
+    try:
+        memo = json.loads(path.read_text())
+        return memo if isinstance(memo, dict) else {}
+    except (OSError, ValueError):
+        return {}  # absent, unreadable or torn: hash again
+
+
+def _write_memo(path: Path, memo: dict[str, str]) -> None:
+    # Best effort: a read-only home only costs re-hashing. Written under a temporary name and
+    # renamed, so concurrent processes never read half a file.
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps(memo, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass

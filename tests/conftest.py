@@ -13,6 +13,21 @@ from diffex.demo.world import write_dataset
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TAXONOMY = REPO / "diffex" / "demo" / "taxonomy.json"
 
+@pytest.fixture(scope="session", autouse=True)
+def private_user_cache(tmp_path_factory):
+    """Per-user memos (model file hashes) go to a temporary dir, not the tester's ~/.cache;
+    set in the environment so CLI subprocesses inherit it."""
+    import os
+
+    before = os.environ.get("DIFFEX_CACHE_DIR")
+    os.environ["DIFFEX_CACHE_DIR"] = str(tmp_path_factory.mktemp("user-cache"))
+    yield
+    if before is None:
+        os.environ.pop("DIFFEX_CACHE_DIR", None)
+    else:
+        os.environ["DIFFEX_CACHE_DIR"] = before
+
+
 SMALL_TAXONOMY = {
     "domain": "cartoon faces",
     "categories": {

@@ -29,7 +29,6 @@ reconstruction; tested). Other schedulers fall back to running the pipeline.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -44,7 +43,7 @@ from urllib.parse import parse_qsl
 from PIL import Image
 
 from ..errors import DiffexError
-from ..hashing import hash_json
+from ..hashing import hash_files, hash_json
 from ..types import DIRECTIONS, Concept
 from .base import EditOutput, EditSession, Editor
 
@@ -81,7 +80,6 @@ DTYPES = ("float16", "bfloat16", "float32")
 RECONSTRUCT_SEED = 0
 # Weight and config files whose bytes define a local model's identity.
 _IDENTITY_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
-_FILE_HASHES: dict[tuple, str] = {}  # (path, ((name, size, mtime_ns), ...)) -> sha256; hashing SD weights takes seconds
 
 
 def _looks_like_path(model: str) -> bool:
@@ -125,20 +123,10 @@ def _hub_commit(model: str, revision: str) -> str | None:
 
 def _local_model_hash(path: Path) -> str:
     """sha256 over the weight and config files of a saved pipeline (relative name + bytes)."""
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _IDENTITY_SUFFIXES)
+    files = [p for p in path.rglob("*") if p.is_file() and p.suffix in _IDENTITY_SUFFIXES]
     if not any(p.suffix in (".safetensors", ".bin") for p in files):
         raise DiffexError(f"{path} holds no .safetensors/.bin weights; expected a directory saved with save_pretrained")
-    signature = tuple((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    key = (str(path.resolve()), signature)
-    if key not in _FILE_HASHES:
-        h = hashlib.sha256()
-        for p in files:
-            h.update(str(p.relative_to(path)).encode() + b"\0")
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-        _FILE_HASHES[key] = h.hexdigest()
-    return _FILE_HASHES[key]
+    return hash_files(path, files)
 
 
 class LeditsEditor(Editor):
