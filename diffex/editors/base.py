@@ -34,10 +34,6 @@ class EditSession(ABC):
     def edit(self, concepts: Sequence[Concept], seed: int) -> Image.Image:
         """Apply all `concepts` together (one concept = single edit, several = joint edit)."""
 
-    def edit_many(self, requests: Sequence[tuple[Sequence[Concept], int]]) -> list[Image.Image]:
-        """Several edits of this image, in order. (Batching across images is `Editor.edit_batch`.)"""
-        return [self.edit(concepts, seed) for concepts, seed in requests]
-
     def close(self) -> None:
         pass
 
