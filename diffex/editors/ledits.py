@@ -33,9 +33,11 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import parse_qsl
@@ -526,27 +528,20 @@ class _PerImageAttentionStore:
             self.forward(per_image[:, skip * heads :], is_cross, place_in_unet)
 
 
-class _per_image_attention:
+@contextmanager
+def _per_image_attention(pipe, images: int):
     """While several images are edited in one call, build the pipeline's attention store from
     a class with the corrected `__call__` (the pipeline looks the class up in its module)."""
-
-    def __init__(self, pipe, images: int):
-        import sys
-
-        self.module = sys.modules[type(pipe).__module__]
-        self.active = images > 1 and hasattr(self.module, "LeditsAttentionStore")
-
-    def __enter__(self):
-        if self.active:
-            self.original = self.module.LeditsAttentionStore
-            self.module.LeditsAttentionStore = type(
-                "LeditsAttentionStore", (_PerImageAttentionStore, self.original), {}
-            )
-        return self
-
-    def __exit__(self, *exc):
-        if self.active:
-            self.module.LeditsAttentionStore = self.original
+    module = sys.modules[type(pipe).__module__]
+    original = getattr(module, "LeditsAttentionStore", None)
+    if images < 2 or original is None:
+        yield
+        return
+    module.LeditsAttentionStore = type("LeditsAttentionStore", (_PerImageAttentionStore, original), {})
+    try:
+        yield
+    finally:
+        module.LeditsAttentionStore = original
 
 
 def _use_ledits_scheduler(pipe) -> None:
