@@ -23,9 +23,10 @@ def ensure_scores(
     """`items` are (item_id, loader) pairs; returns how many items were newly scored."""
     clf_id = classifier.classifier_id
     unique = dict(items)
-    done = store.scored_items(clf_id, list(unique))
+    keys = store.item_keys(list(unique))  # looked up once, not per chunk
+    done = store.scored_items(clf_id, list(unique), item_keys=keys)
     todo = [(i, load) for i, load in unique.items() if i not in done]
     for chunk in in_chunks(todo, CHUNK, progress, desc="scoring"):
         logits, probs = score_images(classifier, [load() for _, load in chunk])
-        store.add_scores(clf_id, [i for i, _ in chunk], logits, probs)
+        store.add_scores(clf_id, [i for i, _ in chunk], logits, probs, item_keys=keys)
     return len(todo)

@@ -119,7 +119,7 @@ def ensure_edits(
                         )
                     if bar is not None:
                         bar.update(len(reqs))
-            store.add_edits(records)
+            store.add_edits(records, known=existing)
             counts.computed += len(records)
             counts.blocked += sum(r.status == "blocked" for r in records)
     finally:

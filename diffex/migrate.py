@@ -50,9 +50,10 @@ def check_readable(version: int | None) -> None:
         )
 
 
-def migrate(con) -> int:
-    """Create or upgrade the schema in place; returns the final version. Views are re-created."""
-    version = database_version(con)
+def migrate(con) -> int | None:
+    """Create or upgrade the schema in place; returns the version it found (None: a new
+    database). Views are re-created."""
+    version = found = database_version(con)
     check_readable(version)
     target = current_version()
     if version is None:
@@ -69,7 +70,7 @@ def migrate(con) -> int:
                 raise DiffexError(f"migration to version {nxt} left the database at version {got}")
             version = nxt
     _in_transaction(con, schema_sql("views.sql"))
-    return target
+    return found
 
 
 def _in_transaction(con, sql: str) -> None:

@@ -3,18 +3,23 @@
 
 from __future__ import annotations
 
+import functools
+import types
 import json
+import time
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import duckdb
 import numpy as np
 
-from . import migrate
+from . import derived, migrate
 from .cache import ImageCache
 from .errors import DiffexError
+from .locks import FileLocks
 from .types import EditRecord, ImageRecord, Taxonomy
 
 
@@ -30,36 +35,76 @@ def _check_path(path: Path, read_only: bool) -> None:
         raise DiffexError(f"no database at {path} (run `diffex index` or `diffex demo` first)")
 
 
-def connect(path: Path, read_only: bool, config: dict | None = None):
-    """Open DuckDB with a one-line error for the usual failures (locked, not a database)."""
-    try:
-        return duckdb.connect(str(path), read_only=read_only, config=config or {})
-    except duckdb.IOException as exc:
-        msg = str(exc).splitlines()[0]
-        if "lock" in msg.lower():
-            raise DiffexError(f"database {path} is in use by another process (an index run?): {msg}") from None
-        raise DiffexError(f"cannot open database {path}: {msg}") from None
-    except duckdb.Error as exc:
-        raise DiffexError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
+def connect(path: Path, read_only: bool, config: dict | None = None, retry_s: float = 0.0):
+    """Open DuckDB with a one-line error for the usual failures (locked, not a database).
+    retry_s: how long to keep retrying while another process holds the file (a process that
+    does not take diffex's locks, e.g. the duckdb shell)."""
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only, config=config or {})
+        except duckdb.IOException as exc:
+            msg = str(exc).splitlines()[0]
+            if "lock" in msg.lower():
+                if time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    continue
+                raise DiffexError(f"database {path} is in use by another process (an index run?): {msg}") from None
+            raise DiffexError(f"cannot open database {path}: {msg}") from None
+        except duckdb.Error as exc:
+            raise DiffexError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
+
+
+def _held(method):
+    """Public Store methods run with the file open and let it go afterwards in shared mode."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.hold():
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class Store:
-    """A diffex database. `Store.open(path)` creates or migrates it; `read_only=True` never writes."""
+    """A diffex database. `Store.open(path)` creates or migrates it; `read_only=True` never writes.
 
-    def __init__(self, con, path: Path, read_only: bool, cache_dir: Path | None = None):
-        self.con = con
+    shared=True (the default for readers and for index runs) keeps DuckDB's file open only
+    while a method runs, so other processes can read while an index run writes; each call
+    then pays for opening the file (about 20 ms). shared=False holds it until close()."""
+
+    def __init__(self, con, path: Path, read_only: bool, cache_dir: Path | None = None, shared: bool = False):
+        self._con = con
         self.path = path
         self.read_only = read_only
         self.cache = ImageCache(cache_dir or default_cache_dir(path))
+        self.shared = shared
+        self._locks = FileLocks(path)
+        self._depth = 0
+        self._in_tx = False
+        if con is not None:
+            self._locks.acquire(exclusive=not read_only)
 
     @classmethod
-    def open(cls, path: "str | Path", read_only: bool = False, cache_dir: "str | Path | None" = None) -> "Store":
+    def open(cls, path: "str | Path", read_only: bool = False, cache_dir: "str | Path | None" = None,
+             shared: bool | None = None) -> "Store":
         path = Path(path)
         _check_path(path, read_only)
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
-        con = connect(path, read_only)
+        store = cls(None, path, read_only, Path(cache_dir) if cache_dir else None,
+                    shared=read_only if shared is None else shared)
         try:
+            store._check_and_migrate()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _check_and_migrate(self) -> None:
+        path, read_only, store = self.path, self.read_only, self
+        with store.hold():
+            con = store._con
             if read_only:
                 version = migrate.database_version(con)
                 migrate.check_readable(version)
@@ -68,17 +113,52 @@ class Store:
                 if version < migrate.current_version():
                     raise DiffexError(
                         f"database schema version {version} is older than this diffex ({migrate.current_version()}); "
-                        "open it once for writing (e.g. `diffex info --migrate`) to upgrade"
+                        "open it once for writing (e.g. `diffex migrate --db PATH`) to upgrade"
                     )
             else:
-                migrate.migrate(con)
-        except BaseException:
-            con.close()
-            raise
-        return cls(con, path, read_only, Path(cache_dir) if cache_dir else None)
+                before = migrate.migrate(con)
+                if before is not None and before < 4:
+                    with store.transaction():
+                        derived.rebuild(con)  # v4 added the derived tables: fill them once
+
+    # ------------------------------------------------------------------ the connection
+    @property
+    def con(self):
+        """The DuckDB connection, opened on demand (shared mode) under the file locks."""
+        if self._con is None:
+            self._locks.acquire(exclusive=not self.read_only)
+            try:
+                self._con = connect(self.path, self.read_only, retry_s=5.0)
+            except BaseException:
+                self._locks.release()
+                raise
+        return self._con
+
+    @contextmanager
+    def hold(self):
+        """Keep the file open for a group of calls; in shared mode it is let go at the end."""
+        self._depth += 1
+        try:
+            self.con
+            yield self
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self.shared:
+                self.release()
+
+    def release(self) -> None:
+        """Close the file now (shared mode, outside any transaction) so other processes get it."""
+        if self._con is not None and self._depth == 0:
+            con, self._con = self._con, None
+            try:
+                con.close()
+            finally:
+                self._locks.release()
 
     def close(self) -> None:
-        self.con.close()
+        self._depth = 0
+        self.release()
+        self._locks.close()
 
     def __enter__(self) -> "Store":
         return self
@@ -88,12 +168,59 @@ class Store:
 
     # ------------------------------------------------------------------ helpers
     def _rows(self, sql: str, params: Sequence | dict | None = None) -> list[dict]:
-        cur = self.con.execute(sql, params or [])
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r)) for r in cur.fetchall()]
+        with self.hold():
+            cur = self.con.execute(sql, params or [])
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r)) for r in cur.fetchall()]
 
+    @contextmanager
     def transaction(self):
-        return _Transaction(self.con)
+        """All or nothing; nested uses join the outer transaction."""
+        with self.hold():
+            if self._in_tx:
+                yield self
+                return
+            self.con.execute("BEGIN TRANSACTION")
+            self._in_tx = True
+            try:
+                yield self
+            except BaseException:
+                self._in_tx = False
+                self.con.execute("ROLLBACK")
+                raise
+            self._in_tx = False
+            self.con.execute("COMMIT")
+
+    def _keys(self, table: str, id_col: str, key_col: str, ids: Sequence[str]) -> dict[str, int]:
+        """{id: surrogate key} for the ids present (table and columns from fixed call sites)."""
+        if not ids:
+            return {}
+        rows = self.con.execute(
+            f"SELECT {id_col}, {key_col} FROM {table} WHERE {id_col} IN (SELECT unnest(?))", [list(set(ids))]
+        ).fetchall()
+        return dict(rows)
+
+    def item_keys(self, item_ids: Sequence[str]) -> dict[str, int]:
+        """{item id: key} for stored images and edits (an item is an original or an edit)."""
+        keys = self._keys("images", "image_id", "image_key", item_ids)
+        rest = [i for i in item_ids if i not in keys]
+        keys.update(self._keys("edits", "edit_id", "edit_key", rest))
+        return keys
+
+    def _image_keys_of_items(self, item_keys: Sequence[int]) -> set[int]:
+        if not item_keys:
+            return set()
+        rows = self.con.execute(
+            """SELECT image_key FROM images WHERE image_key IN (SELECT unnest($k))
+               UNION SELECT DISTINCT image_key FROM edits WHERE edit_key IN (SELECT unnest($k))""",
+            {"k": [int(k) for k in item_keys]},
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def refresh_effects(self, image_keys: Iterable[int]) -> None:
+        """Bring the derived effect rows of these images up to date (inside a transaction)."""
+        with self.transaction():
+            derived.refresh(self.con, image_keys)
 
     # ------------------------------------------------------------------ writes
     def add_taxonomy(self, taxonomy: Taxonomy, source: str | None = None, *,
@@ -107,9 +234,12 @@ class Store:
                 [taxonomy.taxonomy_id, taxonomy.name, taxonomy.domain, source, parent_taxonomy_id, note],
             )
             nodes = taxonomy.nodes
+            # ON CONFLICT DO UPDATE, not INSERT OR REPLACE: a node keeps its node_key
             self.con.execute(
-                """INSERT OR REPLACE INTO nodes (node_id, parent_id, path, label, depth, prompt)
-                   SELECT unnest(?), unnest(?), unnest(?), unnest(?), unnest(?), unnest(?)""",
+                """INSERT INTO nodes (node_id, parent_id, path, label, depth, prompt)
+                   SELECT unnest(?), unnest(?), unnest(?), unnest(?), unnest(?), unnest(?)
+                   ON CONFLICT (node_id) DO UPDATE SET parent_id = excluded.parent_id, path = excluded.path,
+                       label = excluded.label, depth = excluded.depth, prompt = excluded.prompt""",
                 [
                     [n.node_id for n in nodes],
                     [n.parent_id for n in nodes],
@@ -149,11 +279,25 @@ class Store:
                 self.mark_indexed(classifier.classifier_id)
 
     def mark_indexed(self, classifier_id: str) -> None:
-        """Make this classifier the default of the query macros (the most recently indexed)."""
+        """Record that an index run with this classifier finished: unless a classifier is
+        pinned (`pin_classifier`), the query macros default to the most recently indexed."""
         self.con.execute(
             "UPDATE classifiers SET indexed_at = ? WHERE classifier_id = ?",
             [datetime.now(timezone.utc).replace(tzinfo=None), classifier_id],
         )
+
+    def pin_classifier(self, which: str | None) -> dict | None:
+        """Make the classifier named by `which` the default of every query until another is
+        pinned; None unpins (back to the most recently indexed). Returns the pinned row."""
+        if which is None:
+            self.con.execute("UPDATE classifiers SET pinned_at = NULL")
+            return None
+        clf = self.resolve_classifier(which)
+        self.con.execute(
+            "UPDATE classifiers SET pinned_at = ? WHERE classifier_id = ?",
+            [datetime.now(timezone.utc).replace(tzinfo=None), clf["classifier_id"]],
+        )
+        return clf
 
     def add_images(self, records: Sequence[ImageRecord]) -> None:
         if not records:
@@ -164,56 +308,96 @@ class Store:
             [[r.image_id for r in records], [r.uri for r in records], [r.width for r in records], [r.height for r in records]],
         )
 
-    def add_edits(self, records: Sequence[EditRecord]) -> None:
-        """Insert (or replace, for a recomputed edit) edits and their node links, atomically."""
+    def add_edits(self, records: Sequence[EditRecord], known: Iterable[str] | None = None) -> None:
+        """Insert (or update, for a recomputed edit) edits and their node links, atomically.
+        known: the ids among `records` already stored, when the caller has just looked them
+        up (ensure_edits), which saves a scan of the edits table."""
         if not records:
             return
         with self.transaction():
-            self.con.execute(
-                """INSERT OR REPLACE INTO edits (edit_id, image_id, editor_id, kind, prompts, direction, seed,
-                                                 output_sha256, cache_path, status, seconds)
-                   SELECT unnest(?), unnest(?), unnest(?), unnest(?), unnest(?), unnest(?), unnest(?),
-                          unnest(?), unnest(?), unnest(?), unnest(?)""",
-                [
-                    [r.edit_id for r in records],
-                    [r.image_id for r in records],
-                    [r.editor_id for r in records],
-                    [r.kind for r in records],
-                    [list(r.prompts) for r in records],
-                    [r.direction for r in records],
-                    [r.seed for r in records],
-                    [r.output_sha256 for r in records],
-                    [r.cache_path for r in records],
-                    [r.status for r in records],
-                    [float(r.seconds) for r in records],
-                ],
-            )
-            self.link_edit_nodes([(r.edit_id, n) for r in records for n in r.node_ids])
+            ids = [r.edit_id for r in records]
+            stored = set(known) & set(ids) if known is not None else set(self._keys("edits", "edit_id", "edit_key", ids))
+            new = [r for r in records if r.edit_id not in stored]
+            again = [r for r in records if r.edit_id in stored]
+            if new:
+                self.con.execute(
+                    """INSERT INTO edits (edit_id, image_id, editor_id, kind, prompts, direction, seed,
+                                          output_sha256, cache_path, status, seconds, edit_key, image_key, editor_key)
+                       SELECT r.*, nextval('item_keys'), i.image_key, d.editor_key
+                       FROM (SELECT unnest(?) AS edit_id, unnest(?) AS image_id, unnest(?) AS editor_id, unnest(?) AS kind,
+                                    unnest(?) AS prompts, unnest(?) AS direction, unnest(?) AS seed, unnest(?) AS output_sha256,
+                                    unnest(?) AS cache_path, unnest(?) AS status, unnest(?) AS seconds) r
+                       JOIN images i ON i.image_id = r.image_id
+                       JOIN editors d ON d.editor_id = r.editor_id""",
+                    [
+                        [r.edit_id for r in new], [r.image_id for r in new], [r.editor_id for r in new],
+                        [r.kind for r in new], [list(r.prompts) for r in new], [r.direction for r in new],
+                        [r.seed for r in new], [r.output_sha256 for r in new], [r.cache_path for r in new],
+                        [r.status for r in new], [float(r.seconds) for r in new],
+                    ],
+                )
+                inserted = self.con.execute("SELECT count(*) FROM edits WHERE edit_id IN (SELECT unnest(?))",
+                                            [[r.edit_id for r in new]]).fetchone()[0]
+                if inserted != len({r.edit_id for r in new}):
+                    raise DiffexError("edits refer to an image or editor that is not registered (add_images / add_editor first)")
+            for r in again:  # recomputed (failed before, or its cached file was lost): same id, same key
+                self.con.execute(
+                    "UPDATE edits SET output_sha256 = ?, cache_path = ?, status = ?, seconds = ? WHERE edit_id = ?",
+                    [r.output_sha256, r.cache_path, r.status, float(r.seconds), r.edit_id],
+                )
+            # new edits have new keys and so no scores yet: linking them changes no effect
+            self.link_edit_nodes([(r.edit_id, n) for r in records for n in r.node_ids], refresh=bool(again))
+            if again:
+                self.refresh_effects(self._keys("images", "image_id", "image_key", [r.image_id for r in again]).values())
 
-    def link_edit_nodes(self, pairs: Iterable[tuple[str, str]]) -> None:
-        pairs = list(pairs)
-        if pairs:
-            self.con.execute(
-                "INSERT OR IGNORE INTO edit_nodes SELECT unnest(?), unnest(?)",
-                [[p[0] for p in pairs], [p[1] for p in pairs]],
-            )
+    def link_edit_nodes(self, pairs: Iterable[tuple[str, str]], refresh: bool = True) -> None:
+        """Record which nodes asked for which edits (each pair once); effects follow
+        (refresh=False only where the edits cannot have scores yet)."""
+        pairs = list(dict.fromkeys(pairs))
+        if not pairs:
+            return
+        with self.transaction():
+            edit_keys = self._keys("edits", "edit_id", "edit_key", [p[0] for p in pairs])
+            node_keys = self._keys("nodes", "node_id", "node_key", [p[1] for p in pairs])
+            links = [(edit_keys[e], node_keys[n]) for e, n in pairs if e in edit_keys and n in node_keys]
+            if len(links) != len(pairs):
+                raise DiffexError("edit links refer to an edit or node that is not stored")
+            added = self.con.execute(
+                """INSERT INTO edit_links
+                   SELECT DISTINCT p.edit_key, p.node_key
+                   FROM (SELECT unnest($e) AS edit_key, unnest($n) AS node_key) p
+                   WHERE NOT EXISTS (SELECT 1 FROM edit_links l WHERE l.edit_key = p.edit_key AND l.node_key = p.node_key)
+                   RETURNING edit_key""",
+                {"e": [a for a, _ in links], "n": [b for _, b in links]},
+            ).fetchall()
+            if added and refresh:
+                self.refresh_effects(self._image_keys_of_items([r[0] for r in added]))
 
-    def add_scores(self, classifier_id: str, item_ids: Sequence[str], logits: np.ndarray, probs: np.ndarray) -> None:
-        """Scores of every class for each item; one transaction, so a batch is all or nothing."""
+    def add_scores(self, classifier_id: str, item_ids: Sequence[str], logits: np.ndarray, probs: np.ndarray,
+                   item_keys: Mapping[str, int] | None = None) -> None:
+        """Scores of every class for each item (replacing earlier ones), with the effects they
+        change, in one transaction: a batch is all or nothing. item_keys: {item id: key} when
+        the caller already looked them up (ensure_scores), which saves a scan."""
         if not len(item_ids):
             return
-        n, c = logits.shape
-        self.con.execute(
-            """INSERT OR REPLACE INTO scores (classifier_id, item_id, class_index, logit, prob)
-               SELECT ?, unnest(?), unnest(?), unnest(?), unnest(?)""",
-            [
-                classifier_id,
-                [i for i in item_ids for _ in range(c)],
-                list(range(c)) * n,
-                logits.reshape(-1).tolist(),
-                probs.reshape(-1).tolist(),
-            ],
-        )
+        with self.transaction():
+            keys = item_keys if item_keys is not None else self.item_keys(list(item_ids))
+            missing = [i for i in item_ids if i not in keys]
+            if missing:
+                raise DiffexError(f"scores for items that are not stored: {missing[0]}")
+            row = self.con.execute("SELECT classifier_key FROM classifiers WHERE classifier_id = ?", [classifier_id]).fetchone()
+            if row is None:
+                raise DiffexError(f"classifier {classifier_id[:12]} is not registered (add_classifier first)")
+            item_list = [int(keys[i]) for i in item_ids]
+            logits32 = np.asarray(logits, dtype=np.float32)
+            probs32 = np.asarray(probs, dtype=np.float32)
+            self.con.execute("DELETE FROM item_scores WHERE classifier_key = ? AND item_key IN (SELECT unnest(?))",
+                             [row[0], item_list])
+            self.con.execute(
+                "INSERT INTO item_scores SELECT ?, unnest(?), unnest(?), unnest(?)",
+                [row[0], item_list, logits32.tolist(), probs32.tolist()],
+            )
+            self.refresh_effects(self._image_keys_of_items(item_list))
 
     def start_run(self, command: str, args: dict) -> str:
         run_id = uuid.uuid4().hex
@@ -229,6 +413,16 @@ class Store:
             [datetime.now(timezone.utc).replace(tzinfo=None), json.dumps(stats, default=str), run_id],
         )
 
+    # ------------------------------------------------------------------ health
+    def verify_effects(self, repair: bool = False) -> dict[str, int]:
+        """Rows of the derived effect tables that disagree with a recomputation from the source
+        rows ({table: count}); repair=True rebuilds them (a write) when any do."""
+        found = derived.drift(self.con)
+        if repair and any(found.values()):
+            with self.transaction():
+                derived.rebuild(self.con)
+        return found
+
     # ------------------------------------------------------------------ reads used by indexing
     def edits_by_id(self, edit_ids: Sequence[str]) -> dict[str, dict]:
         if not edit_ids:
@@ -239,14 +433,18 @@ class Store:
         )
         return {r["edit_id"]: r for r in rows}
 
-    def scored_items(self, classifier_id: str, item_ids: Sequence[str]) -> set[str]:
+    def scored_items(self, classifier_id: str, item_ids: Sequence[str], item_keys: Mapping[str, int] | None = None) -> set[str]:
+        """The items among `item_ids` this classifier has scored."""
         if not item_ids:
             return set()
+        keys = item_keys if item_keys is not None else self.item_keys(list(item_ids))
         rows = self.con.execute(
-            "SELECT DISTINCT item_id FROM scores WHERE classifier_id = ? AND item_id IN (SELECT unnest(?))",
-            [classifier_id, list(item_ids)],
+            """SELECT s.item_key FROM item_scores s JOIN classifiers k ON k.classifier_key = s.classifier_key
+               WHERE k.classifier_id = ? AND s.item_key IN (SELECT unnest(?))""",
+            [classifier_id, [int(keys[i]) for i in item_ids if i in keys]],
         ).fetchall()
-        return {r[0] for r in rows}
+        done = {r[0] for r in rows}
+        return {i for i in item_ids if keys.get(i) in done}
 
     def node_effects_for(
         self, classifier_id: str, editor_id: str, node_ids: Sequence[str], image_ids: Sequence[str]
@@ -365,13 +563,20 @@ class Store:
         cur.register("_diffex_vec_flat", flat)
         cur.register("_diffex_vec_meta", meta)
         try:
+            cur.execute("BEGIN TRANSACTION")
+            cur.execute("DELETE FROM embeddings WHERE embedder_id = ? AND item_id IN (SELECT item_id FROM _diffex_vec_meta)",
+                        [embedder_id])
             cur.execute(
-                """INSERT OR REPLACE INTO embeddings (embedder_id, item_id, item_kind, vector)
+                """INSERT INTO embeddings (embedder_id, item_id, item_kind, vector)
                    SELECT ?, m.item_id, m.item_kind, v.vector
                    FROM (SELECT row, list(val ORDER BY pos) AS vector FROM _diffex_vec_flat GROUP BY row) v
                    JOIN _diffex_vec_meta m USING (row)""",
                 [embedder_id],
             )
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
         finally:
             cur.close()
 
@@ -380,13 +585,18 @@ class Store:
         id (a node's vector is the vector of its prompt text)."""
         if not pairs:
             return
-        self.con.execute(
-            """INSERT OR REPLACE INTO embeddings (embedder_id, item_id, item_kind, vector)
-               SELECT e.embedder_id, p.target, ?, e.vector
-               FROM (SELECT unnest(?) AS source, unnest(?) AS target) p
-               JOIN embeddings e ON e.embedder_id = ? AND e.item_id = p.source""",
-            [item_kind, [p[0] for p in pairs], [p[1] for p in pairs], embedder_id],
-        )
+        with self.transaction():
+            self.con.execute(
+                """CREATE OR REPLACE TEMP TABLE _copied AS
+                   SELECT e.embedder_id, p.target AS item_id, ? AS item_kind, e.vector
+                   FROM (SELECT unnest(?) AS source, unnest(?) AS target) p
+                   JOIN embeddings e ON e.embedder_id = ? AND e.item_id = p.source""",
+                [item_kind, [p[0] for p in pairs], [p[1] for p in pairs], embedder_id],
+            )
+            self.con.execute("DELETE FROM embeddings WHERE embedder_id = ? AND item_id IN (SELECT item_id FROM _copied)",
+                             [embedder_id])
+            self.con.execute("INSERT INTO embeddings SELECT * FROM _copied")
+            self.con.execute("DROP TABLE _copied")
 
     def embeddings(
         self, embedder_id: str, kinds: Sequence[str] | None = None, item_ids: Sequence[str] | None = None,
@@ -437,12 +647,18 @@ class Store:
         if not rows:
             return
         cols = list(zip(*rows))
-        self.con.execute(
-            """INSERT OR REPLACE INTO edit_validity (edit_id, embedder_id, direction_sim, baseline_sim, threshold, valid)
-               SELECT unnest(?), ?, unnest(?), unnest(?), unnest(?), unnest(?)""",
-            [list(cols[0]), embedder_id, [float(x) for x in cols[1]], [float(x) for x in cols[2]],
-             [float(x) for x in cols[3]], [bool(x) for x in cols[4]]],
-        )
+        with self.transaction():
+            self.con.execute("DELETE FROM edit_validity WHERE embedder_id = ? AND edit_id IN (SELECT unnest(?))",
+                             [embedder_id, list(cols[0])])
+            self.con.execute(
+                """INSERT INTO edit_validity (edit_id, embedder_id, direction_sim, baseline_sim, threshold, valid)
+                   SELECT unnest(?), ?, unnest(?), unnest(?), unnest(?), unnest(?)""",
+                [list(cols[0]), embedder_id, [float(x) for x in cols[1]], [float(x) for x in cols[2]],
+                 [float(x) for x in cols[3]], [bool(x) for x in cols[4]]],
+            )
+            images = self.con.execute("SELECT DISTINCT image_key FROM edits WHERE edit_id IN (SELECT unnest(?))",
+                                      [list(cols[0])]).fetchall()
+            self.refresh_effects(r[0] for r in images)
 
     def edit_concepts(self, edit_ids: Sequence[str]) -> dict[str, list[str]]:
         """{edit id: prompts of the nodes it was made for and of all their descendants}: a group
@@ -526,14 +742,15 @@ class Store:
     # ------------------------------------------------------------------ reads for users
     def classifiers(self) -> list[dict]:
         return self._rows(
-            """SELECT k.classifier_id, k.name, k.spec, k.indexed_at,
+            """SELECT k.classifier_id, k.name, k.spec, k.indexed_at, k.pinned_at IS NOT NULL AS pinned,
                       (SELECT list(class_name ORDER BY class_index) FROM classes c
                        WHERE c.classifier_id = k.classifier_id) AS class_names
-               FROM classifiers k ORDER BY indexed_at DESC NULLS LAST"""
+               FROM classifiers k ORDER BY pinned_at DESC NULLS LAST, indexed_at DESC NULLS LAST"""
         )
 
     def resolve_classifier(self, which: str | None = None) -> dict:
-        """The classifier named by id, id prefix, name or spec; else the most recently indexed."""
+        """The classifier named by id, id prefix, name or spec; else the pinned one, else the most
+        recently indexed (the rule of the SQL macro pick_classifier)."""
         rows = self.classifiers()
         if not rows:
             raise DiffexError(f"{self.path} has no classifiers yet (run `diffex index`)")
@@ -581,7 +798,7 @@ class Store:
             "edits": count("edits"),
             "baselines": self.con.execute("SELECT count(*) FROM edits WHERE kind = 'baseline'").fetchone()[0],
             "edits_blocked": self.con.execute("SELECT count(*) FROM edits WHERE status = 'blocked'").fetchone()[0],
-            "scores": count("scores"),
+            "scores": self.con.execute("SELECT coalesce(sum(len(probs)), 0) FROM item_scores").fetchone()[0],
             "classifiers": [
                 {k: (str(v) if k == "indexed_at" and v is not None else v) for k, v in r.items()} for r in self.classifiers()
             ],
@@ -590,14 +807,7 @@ class Store:
         }
 
 
-class _Transaction:
-    def __init__(self, con):
-        self.con = con
-
-    def __enter__(self):
-        self.con.execute("BEGIN TRANSACTION")
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        self.con.execute("ROLLBACK" if exc_type else "COMMIT")
-        return False
+# Every public method runs under hold(): in shared mode the file is open only while it runs.
+for _name, _fn in list(vars(Store).items()):
+    if isinstance(_fn, types.FunctionType) and not _name.startswith("_") and _name not in ("hold", "release", "close", "transaction"):
+        setattr(Store, _name, _held(_fn))

@@ -1,9 +1,18 @@
 -- The full current schema of a diffex store. A new database is created from this file;
 -- an older one is brought here by the numbered files in migrations/ (append-only).
--- Every id is a content hash (see diffex/hashing.py), never a counter or a file name.
+-- Every id is a content hash (see diffex/hashing.py), never a counter or a file name. The
+-- integer *_key columns (v4) are local surrogates behind those ids: the big tables (edits,
+-- edit_links, item_scores and the derived effect tables) join on them, which keeps them small
+-- and fast. A key means nothing outside its own file; ids are what users and caches see.
+-- The big tables carry no PRIMARY KEY: an ART index over millions of hash strings tripled the
+-- file and made every commit rewrite it (docs/store.md); Store is their only writer and keeps
+-- them unique.
 
 CREATE TABLE diffex_schema (version INTEGER NOT NULL);
-INSERT INTO diffex_schema VALUES (3);
+INSERT INTO diffex_schema VALUES (4);
+
+CREATE SEQUENCE item_keys START 1;  -- images and edits share one key space: a scored item is either
+CREATE SEQUENCE entity_keys START 1;  -- nodes, editors, classifiers
 
 -- A taxonomy version: its id hashes the normalised node list.
 CREATE TABLE taxonomies (
@@ -24,7 +33,8 @@ CREATE TABLE nodes (
     path      VARCHAR NOT NULL,   -- 'facial hair > beard > goatee'
     label     VARCHAR NOT NULL,
     depth     INTEGER NOT NULL,   -- 1 = top-level group
-    prompt    VARCHAR NOT NULL    -- the text handed to the editor
+    prompt    VARCHAR NOT NULL,   -- the text handed to the editor
+    node_key  INTEGER NOT NULL DEFAULT nextval('entity_keys')  -- v4
 );
 
 CREATE TABLE taxonomy_nodes (
@@ -40,7 +50,8 @@ CREATE TABLE images (
     uri      VARCHAR NOT NULL,
     width    INTEGER NOT NULL,
     height   INTEGER NOT NULL,
-    added_at TIMESTAMP DEFAULT current_timestamp
+    added_at TIMESTAMP DEFAULT current_timestamp,
+    image_key BIGINT NOT NULL DEFAULT nextval('item_keys')  -- v4
 );
 
 -- editor_id = hash of everything in the editor's config that changes pixels.
@@ -49,7 +60,8 @@ CREATE TABLE editors (
     name       VARCHAR NOT NULL,
     spec       VARCHAR,
     config     JSON,
-    created_at TIMESTAMP DEFAULT current_timestamp
+    created_at TIMESTAMP DEFAULT current_timestamp,
+    editor_key INTEGER NOT NULL DEFAULT nextval('entity_keys')  -- v4
 );
 
 -- classifier_id = hash of weights and preprocessing. indexed_at picks the default
@@ -59,7 +71,9 @@ CREATE TABLE classifiers (
     name          VARCHAR NOT NULL,
     spec          VARCHAR,
     created_at    TIMESTAMP DEFAULT current_timestamp,
-    indexed_at    TIMESTAMP
+    indexed_at    TIMESTAMP,
+    classifier_key INTEGER NOT NULL DEFAULT nextval('entity_keys'),  -- v4
+    pinned_at     TIMESTAMP   -- v4: `diffex use` made it the default (the latest pin wins)
 );
 
 CREATE TABLE classes (
@@ -72,9 +86,9 @@ CREATE TABLE classes (
 -- One edited image (kind 'single' or 'joint') or the per-image null-edit baseline
 -- (kind 'baseline': the editor's reconstruction, which effects are measured against).
 -- edit_id = hash(image, editor, prompts, direction, seed): no node id, so any node or
--- taxonomy asking for the same edit reuses it.
+-- taxonomy asking for the same edit reuses it. Unique per edit_id (kept so by Store.add_edits).
 CREATE TABLE edits (
-    edit_id       VARCHAR PRIMARY KEY,
+    edit_id       VARCHAR NOT NULL,
     image_id      VARCHAR NOT NULL,
     editor_id     VARCHAR NOT NULL,
     kind          VARCHAR NOT NULL,
@@ -85,25 +99,28 @@ CREATE TABLE edits (
     cache_path    VARCHAR,            -- relative to the store's cache dir: 'ab/abcdef....png'
     status        VARCHAR NOT NULL,   -- 'ok' | 'failed' | 'blocked' (pixels withheld by a safety checker)
     seconds       DOUBLE,
-    created_at    TIMESTAMP DEFAULT current_timestamp
+    created_at    TIMESTAMP DEFAULT current_timestamp,
+    edit_key      BIGINT NOT NULL,    -- v4: from item_keys
+    image_key     BIGINT NOT NULL,    -- v4: images.image_key
+    editor_key    INTEGER NOT NULL    -- v4: editors.editor_key
 );
 
--- Which nodes asked for an edit (several rows for a joint edit).
-CREATE TABLE edit_nodes (
-    edit_id VARCHAR NOT NULL,
-    node_id VARCHAR NOT NULL,
-    PRIMARY KEY (edit_id, node_id)
+-- Which nodes asked for an edit (several rows for a joint edit); the view edit_nodes
+-- gives them by id. v4 (was the table edit_nodes).
+CREATE TABLE edit_links (
+    edit_key BIGINT NOT NULL,
+    node_key INTEGER NOT NULL
 );
 
--- One row per (classifier, scored item, class), for EVERY class: a question about any
--- class never needs a forward pass. item_id is an image_id (original) or an edit_id.
-CREATE TABLE scores (
-    classifier_id VARCHAR NOT NULL,
-    item_id       VARCHAR NOT NULL,
-    class_index   INTEGER NOT NULL,
-    logit         DOUBLE NOT NULL,
-    prob          DOUBLE NOT NULL,
-    PRIMARY KEY (classifier_id, item_id, class_index)
+-- One row per (classifier, scored item) with the logits and softmax probabilities of EVERY
+-- class (float32, as the network computed them): a question about any class never needs a
+-- forward pass. item_key is an images.image_key (original) or an edits.edit_key. The view
+-- `scores` gives the v3 shape, one row per class. v4 (was the table scores).
+CREATE TABLE item_scores (
+    classifier_key INTEGER NOT NULL,
+    item_key       BIGINT NOT NULL,
+    logits         FLOAT[] NOT NULL,
+    probs          FLOAT[] NOT NULL
 );
 
 -- Added in version 2: a log of index runs and what each computed or reused.
@@ -129,8 +146,7 @@ CREATE TABLE embeddings (
     embedder_id VARCHAR NOT NULL,
     item_id     VARCHAR NOT NULL,      -- image_id, edit_id, node_id, or a text hash
     item_kind   VARCHAR NOT NULL,      -- 'image' | 'edit' | 'node' | 'text'
-    vector      FLOAT[] NOT NULL,
-    PRIMARY KEY (embedder_id, item_id)
+    vector      FLOAT[] NOT NULL       -- unique per (embedder_id, item_id), kept so by Store
 );
 CREATE TABLE edit_validity (
     edit_id       VARCHAR NOT NULL,
@@ -138,8 +154,7 @@ CREATE TABLE edit_validity (
     direction_sim DOUBLE,              -- cos(E(edit) - E(baseline), T(concept) - T(neutral))
     baseline_sim  DOUBLE,              -- cos(E(edit), E(baseline)): how much else stayed
     threshold     DOUBLE NOT NULL,
-    valid         BOOLEAN NOT NULL,
-    PRIMARY KEY (edit_id, embedder_id)
+    valid         BOOLEAN NOT NULL      -- unique per (edit_id, embedder_id), kept so by Store
 );
 CREATE TABLE vlm_responses (
     response_id VARCHAR PRIMARY KEY,   -- hash of (model, prompt, image ids)
@@ -150,4 +165,47 @@ CREATE TABLE vlm_responses (
     parsed      JSON,
     status      VARCHAR NOT NULL,      -- 'ok' | 'repaired' | 'rejected'
     created_at  TIMESTAMP DEFAULT current_timestamp
+);
+
+-- ------------------------------------------------------------------ derived (v4)
+-- Effects kept up to date in the same transaction as the rows they summarise (Store.refresh
+-- _effects), so the query macros never scan scores. `diffex verify` recomputes them from the
+-- rows above and reports any drift; they can always be rebuilt (`diffex verify --repair`).
+
+-- Per (classifier, editor, node, direction, image, class): the mean change against the
+-- image's null-edit baseline over the valid edits (NULL when every edit was judged invalid)
+-- and over all edits; edits_fp fingerprints which valid edits were averaged, so two
+-- classifiers' rows are paired only over the very same edits.
+CREATE TABLE effect_images (
+    classifier_key INTEGER NOT NULL,
+    editor_key     INTEGER NOT NULL,
+    node_key       INTEGER NOT NULL,
+    direction      VARCHAR NOT NULL,
+    image_key      BIGINT NOT NULL,
+    class_index    INTEGER NOT NULL,
+    prob_baseline  DOUBLE,
+    n_valid        INTEGER NOT NULL,
+    n_all          INTEGER NOT NULL,
+    valid_prob     DOUBLE,
+    valid_logit    DOUBLE,
+    all_prob       DOUBLE,
+    all_logit      DOUBLE,
+    edits_fp       UBIGINT
+);
+
+-- Per (classifier, editor, node, direction, class): running sums over images of the
+-- per-image means above, for the valid edits (v_*) and for all edits (a_*): counts, sums,
+-- sums of squares (for the CI over images) and the signs (for sign consistency).
+CREATE TABLE effect_nodes (
+    classifier_key INTEGER NOT NULL,
+    editor_key     INTEGER NOT NULL,
+    node_key       INTEGER NOT NULL,
+    direction      VARCHAR NOT NULL,
+    class_index    INTEGER NOT NULL,
+    v_images BIGINT NOT NULL, v_edits BIGINT NOT NULL, v_sum DOUBLE NOT NULL, v_sumsq DOUBLE NOT NULL,
+    v_sum_logit DOUBLE NOT NULL, v_up BIGINT NOT NULL, v_down BIGINT NOT NULL,
+    a_images BIGINT NOT NULL, a_edits BIGINT NOT NULL, a_sum DOUBLE NOT NULL, a_sumsq DOUBLE NOT NULL,
+    a_sum_logit DOUBLE NOT NULL, a_up BIGINT NOT NULL, a_down BIGINT NOT NULL,
+    n_invalid BIGINT NOT NULL,
+    PRIMARY KEY (classifier_key, editor_key, node_key, direction, class_index)
 );

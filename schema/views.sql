@@ -13,10 +13,36 @@ CREATE OR REPLACE MACRO t975(df) AS
              + (5 * 1.959964 ^ 5 + 16 * 1.959964 ^ 3 + 3 * 1.959964) / (96 * df * df)
     END;
 
+-- ------------------------------------------------------------------ the v3 shapes, by id
+-- Every scored item by id: an original image or an edit (they share one key space).
+-- x clipped to [lo, hi]; NULL stays NULL (least/greatest would skip it). A change in
+-- probability lies in [-1, 1] (and a change of such changes in [-2, 2]), so its interval does too.
+CREATE OR REPLACE MACRO clip(x, lo, hi) AS CASE WHEN x IS NULL THEN NULL ELSE least(hi, greatest(lo, x)) END;
+
+CREATE OR REPLACE VIEW items AS
+SELECT image_key AS item_key, image_id AS item_id, 'image' AS item_kind FROM images
+UNION ALL
+SELECT edit_key, edit_id, 'edit' FROM edits;
+
+-- One row per (classifier, item, class), as the v3 table `scores` was.
+CREATE OR REPLACE VIEW scores AS
+SELECT k.classifier_id, it.item_id, u.class_index, u.logit, u.prob
+FROM (SELECT classifier_key, item_key,
+             unnest(range(len(probs)))::INTEGER AS class_index,
+             unnest(logits)::DOUBLE AS logit, unnest(probs)::DOUBLE AS prob
+      FROM item_scores) u
+JOIN classifiers k ON k.classifier_key = u.classifier_key
+JOIN items it ON it.item_key = u.item_key;
+
 CREATE OR REPLACE VIEW class_scores AS
 SELECT s.classifier_id, s.item_id, s.class_index, c.class_name, s.logit, s.prob
 FROM scores s
 JOIN classes c ON c.classifier_id = s.classifier_id AND c.class_index = s.class_index;
+
+-- Which nodes asked for an edit, by id (the v3 table of that name).
+CREATE OR REPLACE VIEW edit_nodes AS
+SELECT e.edit_id, n.node_id
+FROM edit_links l JOIN edits e ON e.edit_key = l.edit_key JOIN nodes n ON n.node_key = l.node_key;
 
 -- Edit validity (diffex/embed.py): one verdict per edit, from the most recently registered
 -- embedder that judged it. Edits never judged (indexed without an embedder) count as valid.
@@ -31,98 +57,153 @@ FROM edit_validity v
 JOIN embedders m ON m.embedder_id = v.embedder_id
 GROUP BY v.edit_id;
 
--- Every single-node edit against its image's null-edit baseline, for every class.
+-- ------------------------------------------------------------------ effects from the rows
+-- Every single-node edit against its image's null-edit baseline, one row per class, by
+-- keys: what the derived effect tables summarise, recomputed from the source rows.
+-- image_keys: a list of images.image_key to restrict to, or NULL for all.
+CREATE OR REPLACE MACRO edit_class_deltas_for(image_keys) AS TABLE
+WITH e AS (
+    SELECT edit_key, edit_id, image_key, editor_key, direction, seed FROM edits
+    WHERE kind = 'single' AND status = 'ok'
+      AND (image_keys IS NULL OR image_key IN (SELECT unnest(image_keys)))
+), b AS (
+    SELECT image_key, editor_key, edit_key AS baseline_key FROM edits
+    WHERE kind = 'baseline' AND status = 'ok'
+      AND (image_keys IS NULL OR image_key IN (SELECT unnest(image_keys)))
+), v AS (
+    -- edit_validity_current restricted first: an aggregate over every verdict per refresh would not scale
+    SELECT ev.edit_id, arg_max(ev.valid, m.created_at) AS valid, arg_max(ev.direction_sim, m.created_at) AS direction_sim
+    FROM edit_validity ev JOIN embedders m ON m.embedder_id = ev.embedder_id
+    WHERE ev.edit_id IN (SELECT edit_id FROM e)
+    GROUP BY ev.edit_id
+)
+SELECT s.classifier_key, e.editor_key, l.node_key, e.direction, e.image_key, e.edit_key, e.edit_id, e.seed,
+       coalesce(v.valid, TRUE) AS valid, v.direction_sim,
+       unnest(range(len(s.probs)))::INTEGER AS class_index,
+       unnest(bs.probs)::DOUBLE AS prob_baseline, unnest(s.probs)::DOUBLE AS prob_edit,
+       unnest(bs.logits)::DOUBLE AS logit_baseline, unnest(s.logits)::DOUBLE AS logit_edit
+FROM e
+JOIN edit_links l ON l.edit_key = e.edit_key
+JOIN b ON b.image_key = e.image_key AND b.editor_key = e.editor_key
+JOIN item_scores s ON s.item_key = e.edit_key
+JOIN item_scores bs ON bs.item_key = b.baseline_key AND bs.classifier_key = s.classifier_key
+LEFT JOIN v ON v.edit_id = e.edit_id;
+
+-- Per (classifier, editor, node, direction, image, class), recomputed: what the table
+-- effect_images must hold (Store.refresh_effects writes it, `diffex verify` compares).
+CREATE OR REPLACE MACRO effect_images_for(image_keys) AS TABLE
+SELECT classifier_key, editor_key, node_key, direction, image_key, class_index,
+       any_value(prob_baseline) AS prob_baseline,
+       (count(*) FILTER (WHERE valid))::INTEGER AS n_valid,
+       count(*)::INTEGER AS n_all,
+       avg(prob_edit - prob_baseline) FILTER (WHERE valid) AS valid_prob,
+       avg(logit_edit - logit_baseline) FILTER (WHERE valid) AS valid_logit,
+       avg(prob_edit - prob_baseline) AS all_prob,
+       avg(logit_edit - logit_baseline) AS all_logit,
+       bit_xor(hash(edit_key)) FILTER (WHERE valid) AS edits_fp
+FROM edit_class_deltas_for(image_keys)
+GROUP BY classifier_key, editor_key, node_key, direction, image_key, class_index;
+
+-- Every single-node edit against its image's null-edit baseline, for every class, by id.
 -- `valid` is the edit's validity (TRUE when no embedder judged it).
 CREATE OR REPLACE VIEW edit_deltas AS
-SELECT e.edit_id, e.image_id, e.editor_id, en.node_id, e.direction, e.seed,
-       s.classifier_id, s.class_index, c.class_name,
-       b.prob AS prob_baseline, s.prob AS prob_edit,
-       s.prob - b.prob AS delta_prob,
-       s.logit - b.logit AS delta_logit,
-       coalesce(ev.valid, TRUE) AS valid,
-       ev.direction_sim
-FROM edits e
-LEFT JOIN edit_validity_current ev ON ev.edit_id = e.edit_id
-JOIN edit_nodes en ON en.edit_id = e.edit_id
-JOIN edits be ON be.image_id = e.image_id AND be.editor_id = e.editor_id
-             AND be.kind = 'baseline' AND be.status = 'ok'
-JOIN scores s ON s.item_id = e.edit_id
-JOIN scores b ON b.item_id = be.edit_id AND b.classifier_id = s.classifier_id
-             AND b.class_index = s.class_index
-JOIN classes c ON c.classifier_id = s.classifier_id AND c.class_index = s.class_index
-WHERE e.kind = 'single' AND e.status = 'ok';
+SELECT d.edit_id, i.image_id, ed.editor_id, n.node_id, d.direction, d.seed,
+       k.classifier_id, d.class_index, c.class_name,
+       d.prob_baseline, d.prob_edit,
+       d.prob_edit - d.prob_baseline AS delta_prob,
+       d.logit_edit - d.logit_baseline AS delta_logit,
+       d.valid, d.direction_sim
+FROM edit_class_deltas_for(NULL) d
+JOIN images i ON i.image_key = d.image_key
+JOIN editors ed ON ed.editor_key = d.editor_key
+JOIN nodes n ON n.node_key = d.node_key
+JOIN classifiers k ON k.classifier_key = d.classifier_key
+JOIN classes c ON c.classifier_id = k.classifier_id AND c.class_index = d.class_index;
 
+-- ------------------------------------------------------------------ effects, from the derived tables
 -- Per image: the effect of a node averaged over its edit samples (seeds). Invalid edits
 -- (the embedder saw no sign of the concept) are left out unless include_invalid; n_invalid
 -- counts them either way. An image whose every edit is invalid keeps a row with NULL effect.
 CREATE OR REPLACE MACRO image_effects_with(include_invalid) AS TABLE
-SELECT d.classifier_id, d.class_name, d.editor_id, d.node_id, n.label AS node, n.path,
-       d.direction, d.image_id, i.uri,
-       avg(d.prob_baseline) AS prob_baseline,
-       avg(d.delta_prob) FILTER (WHERE d.valid OR include_invalid) AS mean_delta_prob,
-       avg(d.delta_logit) FILTER (WHERE d.valid OR include_invalid) AS mean_delta_logit,
-       count(*) FILTER (WHERE d.valid OR include_invalid) AS n_edits,
-       count(*) FILTER (WHERE NOT d.valid) AS n_invalid
-FROM edit_deltas d
-JOIN nodes n ON n.node_id = d.node_id
-JOIN images i ON i.image_id = d.image_id
-GROUP BY ALL;
+SELECT k.classifier_id, c.class_name, ed.editor_id, n.node_id, n.label AS node, n.path,
+       x.direction, i.image_id, i.uri,
+       x.prob_baseline,
+       CASE WHEN include_invalid THEN x.all_prob ELSE x.valid_prob END AS mean_delta_prob,
+       CASE WHEN include_invalid THEN x.all_logit ELSE x.valid_logit END AS mean_delta_logit,
+       (CASE WHEN include_invalid THEN x.n_all ELSE x.n_valid END)::BIGINT AS n_edits,
+       (x.n_all - x.n_valid)::BIGINT AS n_invalid
+FROM effect_images x
+JOIN classifiers k ON k.classifier_key = x.classifier_key
+JOIN classes c ON c.classifier_id = k.classifier_id AND c.class_index = x.class_index
+JOIN editors ed ON ed.editor_key = x.editor_key
+JOIN nodes n ON n.node_key = x.node_key
+JOIN images i ON i.image_key = x.image_key;
 
 CREATE OR REPLACE VIEW image_effects AS SELECT * FROM image_effects_with(FALSE);
 CREATE OR REPLACE VIEW image_effects_all AS SELECT * FROM image_effects_with(TRUE);
 
--- Dataset level: every node x class x classifier x editor x direction. The unit of the
--- confidence interval is the image (samples of one image are not independent).
+-- Dataset level: every node x class x classifier x editor x direction, from the running
+-- sums in effect_nodes. The unit of the confidence interval is the image (samples of one
+-- image are not independent); intervals of a change in probability are clipped to [-1, 1].
 -- n_invalid: edits left out because the embedder saw no sign of the concept in them
 -- (node_effects_all and include_invalid := TRUE count them in).
 CREATE OR REPLACE MACRO node_effects_with(include_invalid) AS TABLE
-WITH per_node AS (
-    SELECT classifier_id, class_name, editor_id, node_id, direction,
-           count(mean_delta_prob) AS n_images,
-           sum(n_edits) AS n_edits,
-           sum(n_invalid) AS n_invalid,
-           avg(mean_delta_prob) AS mean_delta_prob,
-           stddev_samp(mean_delta_prob) AS sd_delta_prob,
-           avg(mean_delta_logit) AS mean_delta_logit,
-           avg(CASE WHEN mean_delta_prob > 0 THEN 1.0 WHEN mean_delta_prob < 0 THEN 0.0
-                    WHEN mean_delta_prob = 0 THEN 0.5 END) AS frac_up
-    FROM image_effects_with(include_invalid)
-    GROUP BY ALL
+WITH p AS (
+    SELECT classifier_key, editor_key, node_key, direction, class_index, a_images, n_invalid,
+           CASE WHEN include_invalid THEN a_images ELSE v_images END AS n_images,
+           CASE WHEN include_invalid THEN a_edits ELSE v_edits END AS n_edits,
+           CASE WHEN include_invalid THEN a_sum ELSE v_sum END AS s1,
+           CASE WHEN include_invalid THEN a_sumsq ELSE v_sumsq END AS s2,
+           CASE WHEN include_invalid THEN a_sum_logit ELSE v_sum_logit END AS s1_logit,
+           CASE WHEN include_invalid THEN a_up ELSE v_up END AS n_up,
+           CASE WHEN include_invalid THEN a_down ELSE v_down END AS n_down
+    FROM effect_nodes
+    WHERE a_images > 0
+), m AS (
+    SELECT *,
+           CASE WHEN n_images > 0 THEN s1 / n_images END AS mean_delta_prob,
+           CASE WHEN n_images > 1 THEN sqrt(greatest(0, (s2 - s1 * s1 / n_images) / (n_images - 1))) END AS sd_delta_prob,
+           CASE WHEN n_images > 0 THEN s1_logit / n_images END AS mean_delta_logit,
+           CASE WHEN n_images > 0 THEN (n_up + 0.5 * (n_images - n_up - n_down)) / n_images END AS frac_up
+    FROM p
 )
-SELECT p.classifier_id, k.name AS classifier_name, p.class_name, p.editor_id,
-       p.node_id, n.label AS node, n.path, parent.label AS parent, n.depth, p.direction,
-       p.mean_delta_prob,
-       p.mean_delta_prob - t975(p.n_images - 1) * coalesce(p.sd_delta_prob, 0) / sqrt(p.n_images) AS ci_low,
-       p.mean_delta_prob + t975(p.n_images - 1) * coalesce(p.sd_delta_prob, 0) / sqrt(p.n_images) AS ci_high,
-       p.mean_delta_logit,
-       p.n_images, p.n_edits,
-       CASE WHEN p.mean_delta_prob > 0 THEN 'up' WHEN p.mean_delta_prob < 0 THEN 'down' ELSE 'none' END AS effect,
+SELECT k.classifier_id, k.name AS classifier_name, c.class_name, ed.editor_id,
+       n.node_id, n.label AS node, n.path, parent.label AS parent, n.depth, m.direction,
+       m.mean_delta_prob,
+       clip(m.mean_delta_prob - t975(m.n_images - 1) * coalesce(m.sd_delta_prob, 0) / sqrt(m.n_images), -1.0, 1.0) AS ci_low,
+       clip(m.mean_delta_prob + t975(m.n_images - 1) * coalesce(m.sd_delta_prob, 0) / sqrt(m.n_images), -1.0, 1.0) AS ci_high,
+       m.mean_delta_logit,
+       m.n_images, m.n_edits,
+       CASE WHEN m.mean_delta_prob > 0 THEN 'up' WHEN m.mean_delta_prob < 0 THEN 'down' ELSE 'none' END AS effect,
        -- share of images moved the same way as the mean: 1.0 = every image agrees
-       CASE WHEN p.mean_delta_prob >= 0 THEN p.frac_up ELSE 1 - p.frac_up END AS sign_consistency,
-       p.n_invalid::BIGINT AS n_invalid
-FROM per_node p
-JOIN nodes n ON n.node_id = p.node_id
-LEFT JOIN nodes parent ON parent.node_id = n.parent_id
-JOIN classifiers k ON k.classifier_id = p.classifier_id;
+       CASE WHEN m.mean_delta_prob >= 0 THEN m.frac_up ELSE 1 - m.frac_up END AS sign_consistency,
+       m.n_invalid::BIGINT AS n_invalid
+FROM m
+JOIN classifiers k ON k.classifier_key = m.classifier_key
+JOIN classes c ON c.classifier_id = k.classifier_id AND c.class_index = m.class_index
+JOIN editors ed ON ed.editor_key = m.editor_key
+JOIN nodes n ON n.node_key = m.node_key
+LEFT JOIN nodes parent ON parent.node_id = n.parent_id;
 
 CREATE OR REPLACE VIEW node_effects AS SELECT * FROM node_effects_with(FALSE);
 CREATE OR REPLACE VIEW node_effects_all AS SELECT * FROM node_effects_with(TRUE);
 
--- The classifier a macro talks about: the one named (id, id prefix, name or spec), else
--- the most recently indexed. Unknown names raise an error instead of an empty answer.
+-- The classifier a macro talks about: the one named (id, id prefix, name or spec), else the
+-- pinned one (`diffex use`), else the most recently indexed. Unknown names raise an error
+-- instead of an empty answer. (Store.resolve_classifier applies the same rule in Python.)
 CREATE OR REPLACE MACRO pick_classifier(which) AS TABLE
 SELECT classifier_id FROM (
-    SELECT classifier_id, indexed_at FROM classifiers
+    SELECT classifier_id, pinned_at, indexed_at FROM classifiers
     WHERE which IS NULL OR classifier_id = which OR spec = which OR name = which
        OR (length(which) >= 6 AND starts_with(classifier_id, which))
     UNION ALL
-    SELECT error('unknown classifier ' || which || ' (see diffex info)')::VARCHAR, NULL
+    SELECT error('unknown classifier ' || which || ' (see diffex info)')::VARCHAR, NULL, NULL
     WHERE which IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM classifiers
         WHERE classifier_id = which OR spec = which OR name = which
            OR (length(which) >= 6 AND starts_with(classifier_id, which)))
 )
-ORDER BY indexed_at DESC NULLS LAST
+ORDER BY pinned_at DESC NULLS LAST, indexed_at DESC NULLS LAST
 LIMIT 1;
 
 -- `cls` itself if the chosen classifier has that class, else an error listing its classes.
@@ -136,7 +217,26 @@ CREATE OR REPLACE MACRO checked_class(cls, which) AS (
     WHERE c.classifier_id = p.classifier_id AND c.class_name = cls
 );
 
--- Node effects for one class of one classifier (default: the most recently indexed).
+-- The image a macro talks about: its id, an id prefix (6+ characters), its path or its file
+-- name. No match, or several, is an error naming what matched.
+CREATE OR REPLACE MACRO pick_image(which) AS TABLE
+WITH hits AS (
+    SELECT image_key, image_id, uri FROM images
+    WHERE image_id = which OR uri = which OR uri LIKE '%/' || which
+       OR (length(which) >= 6 AND starts_with(image_id, which))
+), n AS (SELECT count(*) AS n FROM hits)
+SELECT image_key, image_id, uri FROM hits, n WHERE n.n = 1
+UNION ALL
+SELECT error('unknown image ' || coalesce(which, 'NULL')
+             || ' (give an image id, an id prefix of 6+ characters, a path or a file name; see images)')::BIGINT, NULL, NULL
+FROM n WHERE n.n = 0
+UNION ALL
+SELECT error('ambiguous image ' || which || ': ' || n.n || ' images match ('
+             || (SELECT string_agg(left(image_id, 12) || ' ' || uri, ', ') FROM (SELECT * FROM hits ORDER BY uri LIMIT 5))
+             || CASE WHEN n.n > 5 THEN ', ...' ELSE '' END || '); give more of the id or the full path')::BIGINT, NULL, NULL
+FROM n WHERE n.n > 1;
+
+-- Node effects for one class of one classifier (default: pinned, else most recently indexed).
 -- (DuckDB refuses a macro parameter named like a column it reads or returns, hence
 -- `edit_direction` and `classifier_name`; parameters are copied into `args` first.)
 -- include_invalid := TRUE also counts edits the embedder judged invalid.
@@ -181,7 +281,7 @@ LIMIT k;
 -- the beam search never expanded a node).
 CREATE OR REPLACE MACRO effect_tree(target_class, classifier := NULL, edit_direction := 'add') AS TABLE
 WITH RECURSIVE eff AS (
-    SELECT node_id, mean_delta_prob, ci_low, ci_high, n_images
+    SELECT node_id, mean_delta_prob, ci_low, ci_high, n_images, classifier_name
     FROM effects_for(target_class, classifier := classifier, edit_direction := edit_direction)
 ), tree AS (
     SELECT n.node_id, n.label, n.path, n.depth, n.path AS sort_key
@@ -197,20 +297,26 @@ SELECT repeat('  ', t.depth - 1) || t.label AS tree,
 FROM tree t LEFT JOIN eff e ON e.node_id = t.node_id
 ORDER BY t.sort_key;
 
--- Per-image explanation: the nodes that moved class X most on one image.
+-- Per-image explanation: the nodes that moved class X most on one image (an image id, id
+-- prefix, path or file name; unknown or ambiguous is an error).
 CREATE OR REPLACE MACRO image_explanation(image, target_class, classifier := NULL, edit_direction := 'add') AS TABLE
 WITH args AS (
-    SELECT image AS want_image, edit_direction AS want_direction, pc.classifier_id AS want_classifier
+    SELECT edit_direction AS want_direction, k.classifier_key AS want_classifier, k.classifier_id,
+           pi.image_key AS want_image, c.class_index AS want_class
     FROM pick_classifier(classifier) pc
+    JOIN classifiers k ON k.classifier_id = pc.classifier_id
+    JOIN classes c ON c.classifier_id = k.classifier_id AND c.class_name = checked_class(target_class, classifier),
+    pick_image(image) pi
 )
-SELECT row_number() OVER (ORDER BY abs(ie.mean_delta_prob) DESC, ie.path) AS rank,
-       ie.node, ie.path, round(ie.prob_baseline, 4) AS prob_baseline,
-       round(ie.mean_delta_prob, 4) AS mean_delta_prob, ie.n_edits, ie.image_id, ie.uri
-FROM image_effects ie, args
-WHERE ie.classifier_id = args.want_classifier
-  AND ie.class_name = checked_class(target_class, classifier) AND ie.direction = args.want_direction
-  AND (ie.image_id = args.want_image OR starts_with(ie.image_id, args.want_image)
-       OR ie.uri = args.want_image OR ie.uri LIKE '%/' || args.want_image)
+SELECT row_number() OVER (ORDER BY abs(x.valid_prob) DESC, n.path) AS rank,
+       n.label AS node, n.path, round(x.prob_baseline, 4) AS prob_baseline,
+       round(x.valid_prob, 4) AS mean_delta_prob, x.n_valid::BIGINT AS n_edits, i.image_id, i.uri
+FROM effect_images x
+JOIN args ON x.classifier_key = args.want_classifier
+JOIN nodes n ON n.node_key = x.node_key
+JOIN images i ON i.image_key = x.image_key
+WHERE x.image_key = args.want_image
+  AND x.class_index = args.want_class AND x.direction = args.want_direction
 ORDER BY rank;
 
 -- ---------------------------------------------------------------- embeddings (diffex/embed.py)
@@ -300,12 +406,12 @@ LIMIT k;
 -- Every joint edit with each of its nodes and the direction that node's concept was
 -- edited in (a 'mixed' joint edit keeps each direction in its prompts, 'remove:goatee').
 CREATE OR REPLACE VIEW joint_edit_nodes AS
-SELECT e.edit_id, e.image_id, e.editor_id, en.node_id, n.label, n.path,
+SELECT e.edit_id, e.image_id, e.editor_id, n.node_id, n.label, n.path, e.edit_key, e.image_key, e.editor_key,
        CASE WHEN e.direction <> 'mixed' THEN e.direction
             WHEN list_contains(e.prompts, 'remove:' || n.prompt) THEN 'remove' ELSE 'add' END AS node_direction
 FROM edits e
-JOIN edit_nodes en ON en.edit_id = e.edit_id
-JOIN nodes n ON n.node_id = en.node_id
+JOIN edit_links l ON l.edit_key = e.edit_key
+JOIN nodes n ON n.node_key = l.node_key
 WHERE e.kind = 'joint' AND e.status = 'ok';
 
 -- Per image: a combination's effect (mean over seeds, against the null-edit baseline)
@@ -314,22 +420,28 @@ WHERE e.kind = 'joint' AND e.status = 'ok';
 -- A combination is identified by its node ids and their directions (both in path order).
 CREATE OR REPLACE VIEW joint_image_effects AS
 WITH combos AS (
-    SELECT edit_id, image_id, editor_id,
+    SELECT edit_key, image_key, editor_key, image_id, editor_id,
            list(node_id ORDER BY path) AS node_ids,
            list(node_direction ORDER BY path) AS directions,
            list(label ORDER BY path) AS nodes
     FROM joint_edit_nodes
-    GROUP BY edit_id, image_id, editor_id
-), deltas AS (
-    SELECT c.image_id, c.editor_id, c.node_ids, c.directions, c.nodes, s.classifier_id, cl.class_name,
-           b.prob AS prob_baseline, s.prob - b.prob AS delta_prob, s.logit - b.logit AS delta_logit
+    GROUP BY edit_key, image_key, editor_key, image_id, editor_id
+), unnested AS (
+    SELECT c.image_id, c.editor_id, c.node_ids, c.directions, c.nodes, s.classifier_key,
+           unnest(range(len(s.probs)))::INTEGER AS class_index,
+           unnest(bs.probs)::DOUBLE AS prob_baseline, unnest(s.probs)::DOUBLE AS prob_edit,
+           unnest(bs.logits)::DOUBLE AS logit_baseline, unnest(s.logits)::DOUBLE AS logit_edit
     FROM combos c
-    JOIN edits be ON be.image_id = c.image_id AND be.editor_id = c.editor_id
+    JOIN edits be ON be.image_key = c.image_key AND be.editor_key = c.editor_key
                  AND be.kind = 'baseline' AND be.status = 'ok'
-    JOIN scores s ON s.item_id = c.edit_id
-    JOIN scores b ON b.item_id = be.edit_id AND b.classifier_id = s.classifier_id
-                 AND b.class_index = s.class_index
-    JOIN classes cl ON cl.classifier_id = s.classifier_id AND cl.class_index = s.class_index
+    JOIN item_scores s ON s.item_key = c.edit_key
+    JOIN item_scores bs ON bs.item_key = be.edit_key AND bs.classifier_key = s.classifier_key
+), deltas AS (
+    SELECT u.image_id, u.editor_id, u.node_ids, u.directions, u.nodes, k.classifier_id, cl.class_name,
+           u.prob_baseline, u.prob_edit - u.prob_baseline AS delta_prob, u.logit_edit - u.logit_baseline AS delta_logit
+    FROM unnested u
+    JOIN classifiers k ON k.classifier_key = u.classifier_key
+    JOIN classes cl ON cl.classifier_id = k.classifier_id AND cl.class_index = u.class_index
 ), per_image AS (
     SELECT classifier_id, class_name, editor_id, node_ids, directions, nodes, image_id,
            avg(prob_baseline) AS prob_baseline,
@@ -385,8 +497,8 @@ SELECT p.classifier_id, clf.name AS classifier_name, p.class_name, p.editor_id,
        array_to_string(p.nodes, ' + ') AS combination,
        p.nodes, p.directions, p.node_ids, len(p.node_ids) AS n_nodes,
        p.mean_delta_prob,
-       p.mean_delta_prob - t975(p.n_images - 1) * coalesce(p.sd_delta_prob, 0) / sqrt(p.n_images) AS ci_low,
-       p.mean_delta_prob + t975(p.n_images - 1) * coalesce(p.sd_delta_prob, 0) / sqrt(p.n_images) AS ci_high,
+       clip(p.mean_delta_prob - t975(p.n_images - 1) * coalesce(p.sd_delta_prob, 0) / sqrt(p.n_images), -1.0, 1.0) AS ci_low,
+       clip(p.mean_delta_prob + t975(p.n_images - 1) * coalesce(p.sd_delta_prob, 0) / sqrt(p.n_images), -1.0, 1.0) AS ci_high,
        p.mean_delta_logit,
        p.sum_single_delta_prob,
        p.interaction,
@@ -437,23 +549,62 @@ CREATE OR REPLACE MACRO t_test_p2(t, df) AS
 
 -- Per (node, direction, class, image): a node's effect under classifier A and under B,
 -- PAIRED over the very same cached edits (each edit and its image's baseline scored by
--- both; classes matched by name; edits judged invalid left out, as in node_effects).
+-- both; classes matched by name; edits judged invalid left out, as in node_effects). Where
+-- both classifiers scored the same valid edits (the usual case: edits_fp and n_valid agree)
+-- this reads effect_images; elsewhere it pairs the edits themselves.
 CREATE OR REPLACE MACRO paired_image_effects(classifier_a, classifier_b) AS TABLE
 WITH args AS (
-    SELECT pa.classifier_id AS id_a, pb.classifier_id AS id_b
-    FROM pick_classifier(classifier_a) pa, pick_classifier(classifier_b) pb
+    SELECT ka.classifier_key AS key_a, kb.classifier_key AS key_b, ka.classifier_id AS id_a, kb.classifier_id AS id_b
+    FROM pick_classifier(classifier_a) pa, pick_classifier(classifier_b) pb, classifiers ka, classifiers kb
+    WHERE ka.classifier_id = pa.classifier_id AND kb.classifier_id = pb.classifier_id
+), class_pairs AS (
+    SELECT ca.class_name, ca.class_index AS index_a, cb.class_index AS index_b
+    FROM args
+    JOIN classes ca ON ca.classifier_id = args.id_a
+    JOIN classes cb ON cb.classifier_id = args.id_b AND cb.class_name = ca.class_name
+), both_rows AS (
+    SELECT cp.class_name, xa.editor_key, xa.node_key, xa.direction, xa.image_key,
+           xa.valid_prob AS effect_a, xb.valid_prob AS effect_b, xa.n_valid,
+           xa.n_valid = xb.n_valid AND xa.edits_fp = xb.edits_fp AS same_edits
+    FROM args
+    JOIN effect_images xa ON xa.classifier_key = args.key_a
+    JOIN class_pairs cp ON cp.index_a = xa.class_index
+    JOIN effect_images xb ON xb.classifier_key = args.key_b AND xb.class_index = cp.index_b
+                         AND xb.editor_key = xa.editor_key AND xb.node_key = xa.node_key
+                         AND xb.direction = xa.direction AND xb.image_key = xa.image_key
+    WHERE xa.n_valid > 0 AND xb.n_valid > 0
+), differing AS (
+    SELECT DISTINCT image_key FROM both_rows WHERE NOT same_edits
+), by_edit AS (
+    SELECT cp.class_name, da.editor_key, da.node_key, da.direction, da.image_key,
+           avg(da.prob_edit - da.prob_baseline) AS effect_a,
+           avg(db.prob_edit - db.prob_baseline) AS effect_b,
+           avg((db.prob_edit - db.prob_baseline) - (da.prob_edit - da.prob_baseline)) AS diff,
+           count(*) AS n_edits
+    FROM args
+    JOIN edit_class_deltas_for((SELECT list(image_key) FROM differing)) da ON da.classifier_key = args.key_a
+    JOIN class_pairs cp ON cp.index_a = da.class_index
+    JOIN edit_class_deltas_for((SELECT list(image_key) FROM differing)) db
+         ON db.classifier_key = args.key_b AND db.class_index = cp.index_b
+        AND db.edit_key = da.edit_key AND db.node_key = da.node_key
+    WHERE da.valid AND db.valid
+    GROUP BY ALL
+), paired AS (
+    SELECT class_name, editor_key, node_key, direction, image_key, effect_a, effect_b,
+           effect_b - effect_a AS diff, n_valid::BIGINT AS n_edits
+    FROM both_rows WHERE same_edits
+    UNION ALL
+    SELECT b.class_name, b.editor_key, b.node_key, b.direction, b.image_key, b.effect_a, b.effect_b, b.diff, b.n_edits
+    FROM by_edit b
+    SEMI JOIN both_rows r ON r.class_name = b.class_name AND r.editor_key = b.editor_key AND r.node_key = b.node_key
+                         AND r.direction = b.direction AND r.image_key = b.image_key AND NOT r.same_edits
 )
-SELECT ea.class_name, ea.editor_id, ea.node_id, ea.direction, ea.image_id,
-       avg(ea.delta_prob) AS effect_a,
-       avg(eb.delta_prob) AS effect_b,
-       avg(eb.delta_prob - ea.delta_prob) AS diff,
-       count(*) AS n_edits
-FROM args
-JOIN edit_deltas ea ON ea.classifier_id = args.id_a
-JOIN edit_deltas eb ON eb.classifier_id = args.id_b AND eb.edit_id = ea.edit_id
-                   AND eb.node_id = ea.node_id AND eb.class_name = ea.class_name
-WHERE ea.valid AND eb.valid
-GROUP BY ea.class_name, ea.editor_id, ea.node_id, ea.direction, ea.image_id;
+SELECT p.class_name, ed.editor_id, n.node_id, p.direction, i.image_id,
+       p.effect_a, p.effect_b, p.diff, p.n_edits
+FROM paired p
+JOIN editors ed ON ed.editor_key = p.editor_key
+JOIN nodes n ON n.node_key = p.node_key
+JOIN images i ON i.image_key = p.image_key;
 
 -- What changed between two classifier versions for class X: every node's effect under A
 -- and B over the same edits, the difference B - A with its 95% CI over images, a paired
@@ -494,8 +645,8 @@ WITH args AS (
 )
 SELECT n.label AS node, parent.label AS parent, n.depth, n.path, a.direction, a.class_name,
        round(a.mean_a, 4) AS effect_a, round(a.mean_b, 4) AS effect_b, round(a.mean_diff, 4) AS diff,
-       round(a.mean_diff - t975(a.n_images - 1) * coalesce(a.sd_diff, 0) / sqrt(a.n_images), 4) AS ci_low,
-       round(a.mean_diff + t975(a.n_images - 1) * coalesce(a.sd_diff, 0) / sqrt(a.n_images), 4) AS ci_high,
+       round(clip(a.mean_diff - t975(a.n_images - 1) * coalesce(a.sd_diff, 0) / sqrt(a.n_images), -2.0, 2.0), 4) AS ci_low,
+       round(clip(a.mean_diff + t975(a.n_images - 1) * coalesce(a.sd_diff, 0) / sqrt(a.n_images), -2.0, 2.0), 4) AS ci_high,
        a.p_raw AS p_value, a.p_adj AS p_adjusted,
        coalesce(a.p_adj < args.want_alpha AND abs(a.mean_diff) >= args.want_min_diff, FALSE) AS significant,
        a.n_images, a.n_edits
