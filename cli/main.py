@@ -161,23 +161,44 @@ def index(db, image_specs, more_images, taxonomy, classifier, editor, beam, samp
                        f" (sum of singles {best['sum_single_delta_prob'] or 0:+.4f})")
 
 
+# Rows shown when --limit is not given: a screenful-ish for people, a generous cap for files
+# (a csv/json of millions of rows is built in memory; --limit 0 takes them all on purpose).
+DEFAULT_LIMITS = {"table": 1000, "markdown": 1000, "json": 100_000, "csv": 100_000, "nl": 100_000}
+
+
 @cli.command()
 @db_option
 @click.argument("sql")
 @click.option("-p", "--param", "params", type=(str, str), multiple=True, metavar="NAME VALUE",
               help="Bind $NAME to VALUE (repeatable).")
 @format_option
-def query(db, sql, params, fmt) -> None:
-    """Run read-only SQL against DB ('-' reads it from stdin). Try:
+@click.option("--limit", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Return at most N rows, with a note on stderr when there were more; 0 for all. "
+                   "Default: 1000 for table and markdown, 100000 for json, csv and nl.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=60, show_default=True, metavar="SECONDS",
+              help="Stop the query after this long (exit 1); 0 for no limit.")
+@click.option("--memory-limit", default="25%", show_default=True, metavar="SIZE",
+              help="DuckDB's memory cap: 2GB, 512MiB, or a share of this machine's memory such as 25%. "
+                   "Bigger sorts and joins spill to a temporary folder under $TMPDIR, removed afterwards.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="DuckDB threads (default: one per CPU core).")
+def query(db, sql, params, fmt, limit, timeout, memory_limit, threads) -> None:
+    """Run one read-only SQL statement against DB ('-' reads it from stdin). Try:
 
     SELECT * FROM top_subtypes('old', 10)
+
+    Only SELECT-like statements run (WITH, FROM, VALUES, SHOW, DESCRIBE, SUMMARIZE, EXPLAIN);
+    the database and every other file stay untouched.
     """
     from diffex.query import run_query
 
     if sql == "-":
         sql = sys.stdin.read()
-    result = run_query(db, sql, dict(params))
+    if limit is None:
+        limit = DEFAULT_LIMITS[fmt]
+    result = run_query(db, sql, dict(params), limit=limit, timeout=timeout, memory_limit=memory_limit, threads=threads)
     _emit(result.columns, result.rows, fmt)
+    if result.truncated:
+        click.echo(f"(showing the first {limit} rows; --limit 0 for all)", err=True)
 
 
 @cli.command()

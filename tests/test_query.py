@@ -42,7 +42,7 @@ def test_writes_and_file_access_are_refused(indexed, tmp_path, cli_run, sql):
     before = _digest(indexed)
     result = cli_run("query", "--db", indexed, sql.format(tmp=tmp_path))
     assert result.exit_code == 1
-    assert result.output.startswith("Error: query failed:") and result.output.count("\n") == 1
+    assert result.output.startswith("Error: query refused:") and result.output.count("\n") == 1
     assert "Traceback" not in result.output
     assert _digest(indexed) == before
     assert list(tmp_path.iterdir()) == []
