@@ -30,6 +30,7 @@ import duckdb
 
 from . import migrate
 from .errors import DiffexError, UsageError
+from .locks import FileLocks
 from .store import _check_path, connect
 
 DEFAULT_TIMEOUT = 60.0
@@ -142,9 +143,14 @@ def run_query(
         config["memory_limit"] = memory_limit.strip()
     if threads is not None:
         config["threads"] = threads
+    # the file is shared with an index run: wait for its commit to end, then read (docs/store.md)
+    locks = FileLocks(path)
     try:
-        con = connect(path, read_only=True, config=config)
+        locks.acquire(exclusive=False)
+        con = connect(path, read_only=True, config=config, retry_s=5.0)
     except BaseException:
+        locks.release()
+        locks.close()
         shutil.rmtree(spill, ignore_errors=True)
         raise
     try:
@@ -177,6 +183,8 @@ def run_query(
         return QueryResult(columns, rows[:limit] if truncated else rows, truncated)
     finally:
         con.close()
+        locks.release()
+        locks.close()
         shutil.rmtree(spill, ignore_errors=True)
 
 

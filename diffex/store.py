@@ -389,13 +389,13 @@ class Store:
             if row is None:
                 raise DiffexError(f"classifier {classifier_id[:12]} is not registered (add_classifier first)")
             item_list = [int(keys[i]) for i in item_ids]
-            logits32 = np.asarray(logits, dtype=np.float32)
-            probs32 = np.asarray(probs, dtype=np.float32)
+            logits64 = np.asarray(logits, dtype=np.float64)
+            probs64 = np.asarray(probs, dtype=np.float64)
             self.con.execute("DELETE FROM item_scores WHERE classifier_key = ? AND item_key IN (SELECT unnest(?))",
                              [row[0], item_list])
             self.con.execute(
                 "INSERT INTO item_scores SELECT ?, unnest(?), unnest(?), unnest(?)",
-                [row[0], item_list, logits32.tolist(), probs32.tolist()],
+                [row[0], item_list, logits64.tolist(), probs64.tolist()],
             )
             self.refresh_effects(self._image_keys_of_items(item_list))
 

@@ -113,14 +113,14 @@ CREATE TABLE edit_links (
 );
 
 -- One row per (classifier, scored item) with the logits and softmax probabilities of EVERY
--- class (float32, as the network computed them): a question about any class never needs a
+-- class: a question about any class never needs a
 -- forward pass. item_key is an images.image_key (original) or an edits.edit_key. The view
 -- `scores` gives the v3 shape, one row per class. v4 (was the table scores).
 CREATE TABLE item_scores (
     classifier_key INTEGER NOT NULL,
     item_key       BIGINT NOT NULL,
-    logits         FLOAT[] NOT NULL,
-    probs          FLOAT[] NOT NULL
+    logits         DOUBLE[] NOT NULL,
+    probs          DOUBLE[] NOT NULL
 );
 
 -- Added in version 2: a log of index runs and what each computed or reused.

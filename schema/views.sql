@@ -217,18 +217,18 @@ CREATE OR REPLACE MACRO checked_class(cls, which) AS (
     WHERE c.classifier_id = p.classifier_id AND c.class_name = cls
 );
 
--- The image a macro talks about: its id, an id prefix (6+ characters), its path or its file
+-- The image a macro talks about: its id, an id prefix (4+ characters), its path or its file
 -- name. No match, or several, is an error naming what matched.
 CREATE OR REPLACE MACRO pick_image(which) AS TABLE
 WITH hits AS (
     SELECT image_key, image_id, uri FROM images
     WHERE image_id = which OR uri = which OR uri LIKE '%/' || which
-       OR (length(which) >= 6 AND starts_with(image_id, which))
+       OR (length(which) >= 4 AND starts_with(image_id, which))
 ), n AS (SELECT count(*) AS n FROM hits)
 SELECT image_key, image_id, uri FROM hits, n WHERE n.n = 1
 UNION ALL
 SELECT error('unknown image ' || coalesce(which, 'NULL')
-             || ' (give an image id, an id prefix of 6+ characters, a path or a file name; see images)')::BIGINT, NULL, NULL
+             || ' (give an image id, an id prefix of 4+ characters, a path or a file name; see the images table)')::BIGINT, NULL, NULL
 FROM n WHERE n.n = 0
 UNION ALL
 SELECT error('ambiguous image ' || which || ': ' || n.n || ' images match ('

@@ -60,12 +60,12 @@ FROM edit_nodes en JOIN edits_v4 e ON e.edit_id = en.edit_id JOIN nodes n ON n.n
 CREATE TABLE item_scores (
     classifier_key INTEGER NOT NULL,
     item_key       BIGINT NOT NULL,
-    logits         FLOAT[] NOT NULL,
-    probs          FLOAT[] NOT NULL
+    logits         DOUBLE[] NOT NULL,
+    probs          DOUBLE[] NOT NULL
 );
 INSERT INTO item_scores
 SELECT k.classifier_key, it.item_key,
-       list(s.logit::FLOAT ORDER BY s.class_index), list(s.prob::FLOAT ORDER BY s.class_index)
+       list(s.logit ORDER BY s.class_index), list(s.prob ORDER BY s.class_index)
 FROM scores s
 JOIN classifiers k ON k.classifier_id = s.classifier_id
 JOIN (SELECT image_key AS item_key, image_id AS item_id FROM images
