@@ -4,6 +4,7 @@ same inputs computes nothing and a new classifier only re-scores the cached edit
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,7 @@ from .embed import TextTemplates, embed_nodes, ensure_embeddings, ensure_validit
 from .embedders import Embedder, load_embedder
 from .errors import DiffexError, UsageError
 from .images import load_images
+from .locks import index_run_lock
 from .store import Store
 from .taxonomy import load_taxonomy
 from .types import DIRECTIONS, Concept, Node, Taxonomy
@@ -126,7 +128,14 @@ def run_index(
     templates = text_templates or TextTemplates(domain=tax.domain)
 
     owns_store = not isinstance(db, Store)
-    store = Store.open(db, cache_dir=cache_dir) if owns_store else db
+    # one index run per store at a time; readers are served between its commits (docs/store.md)
+    run_lock = index_run_lock(Path(db)) if owns_store else contextlib.nullcontext()
+    run_lock.__enter__()
+    try:
+        store = Store.open(db, cache_dir=cache_dir, shared=True) if owns_store else db
+    except BaseException:
+        run_lock.__exit__(None, None, None)
+        raise
     progress_bar = _progress_factory(progress)
     stats = IndexStats(images=len(loaded), classifier_id=clf.classifier_id, editor_id=ed.editor_id, taxonomy_id=tax.taxonomy_id)
     try:
@@ -235,4 +244,5 @@ def run_index(
     finally:
         if owns_store:
             store.close()
+        run_lock.__exit__(None, None, None)
     return stats

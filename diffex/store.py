@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 import types
 import json
 import time
@@ -69,9 +70,11 @@ def _held(method):
 class Store:
     """A diffex database. `Store.open(path)` creates or migrates it; `read_only=True` never writes.
 
-    shared=True (the default for readers and for index runs) keeps DuckDB's file open only
-    while a method runs, so other processes can read while an index run writes; each call
-    then pays for opening the file (about 20 ms). shared=False holds it until close()."""
+    shared=True lets other processes use the file between this store's calls (docs/store.md):
+    a reader (the default for read_only) closes it after every call; a writer keeps it open
+    between calls only while nobody else queues for it (a watchdog thread lets it go within
+    ~20 ms of a reader asking, even while the writer computes). shared=False holds the file
+    until close()."""
 
     def __init__(self, con, path: Path, read_only: bool, cache_dir: Path | None = None, shared: bool = False):
         self._con = con
@@ -82,8 +85,12 @@ class Store:
         self._locks = FileLocks(path)
         self._depth = 0
         self._in_tx = False
+        self._mutex = threading.RLock()  # the caller's thread vs the watchdog
+        self._closed = False
         if con is not None:
             self._locks.acquire(exclusive=not read_only)
+        if shared and not read_only:
+            threading.Thread(target=self._watchdog, name="diffex-store-watchdog", daemon=True).start()
 
     @classmethod
     def open(cls, path: "str | Path", read_only: bool = False, cache_dir: "str | Path | None" = None,
@@ -136,29 +143,45 @@ class Store:
 
     @contextmanager
     def hold(self):
-        """Keep the file open for a group of calls; in shared mode it is let go at the end."""
-        self._depth += 1
-        try:
-            self.con
-            yield self
-        finally:
-            self._depth -= 1
-            if self._depth == 0 and self.shared:
-                self.release()
+        """Keep the file open for a group of calls; in shared mode it may be let go at the end."""
+        with self._mutex:
+            self._depth += 1
+            try:
+                self.con
+                yield self
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self.shared and (self.read_only or self._locks.someone_waiting()):
+                    self.release()
 
     def release(self) -> None:
-        """Close the file now (shared mode, outside any transaction) so other processes get it."""
-        if self._con is not None and self._depth == 0:
-            con, self._con = self._con, None
+        """Close the file now (outside any transaction) so other processes get it."""
+        with self._mutex:
+            if self._con is not None and self._depth == 0:
+                con, self._con = self._con, None
+                try:
+                    con.close()
+                finally:
+                    self._locks.release()
+
+    def _watchdog(self) -> None:
+        """A shared writer's file goes to a queued reader while the writer computes."""
+        while not self._closed:
+            time.sleep(0.02)
+            if self._con is None or not self._mutex.acquire(blocking=False):
+                continue
             try:
-                con.close()
+                if self._depth == 0 and self._con is not None and self._locks.someone_waiting():
+                    self.release()
             finally:
-                self._locks.release()
+                self._mutex.release()
 
     def close(self) -> None:
-        self._depth = 0
-        self.release()
-        self._locks.close()
+        with self._mutex:
+            self._closed = True
+            self._depth = 0
+            self.release()
+            self._locks.close()
 
     def __enter__(self) -> "Store":
         return self
