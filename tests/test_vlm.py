@@ -248,7 +248,6 @@ def test_hf_model_proposes_and_is_cached(tiny_vlm, demo_images, tmp_path, monkey
 
 
 def test_hf_model_that_cannot_load(tmp_path, demo_images, monkeypatch, cli_run):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "empty-model").mkdir()
     result = cli_run("taxonomy", "propose", "--images", demo_images, "--vlm", f"hf:{tmp_path / 'empty-model'}", "--samples", "1")
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
