@@ -222,12 +222,13 @@ def offline() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def quiet() -> Iterator[None]:
+def quiet(*libraries: str) -> Iterator[None]:
     """Silence transformers' and diffusers' notices, warnings and progress bars while a model
-    loads (the libraries already imported by the caller; nothing is imported here)."""
+    loads: those of `libraries` (imported here: wrap the import itself, some notices come at
+    import) and of any of the two the caller imported already."""
     restore = []
     for name in ("transformers", "diffusers"):
-        if name not in sys.modules:
+        if name not in sys.modules and name not in libraries:
             continue
         logging = __import__(f"{name}.utils.logging", fromlist=["logging"])
         verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()

@@ -190,7 +190,8 @@ class HFVLM:
         # safetensors, no remote code; every failure one line naming the model
         try:
             found = models.resolve("VLM", self.model_id, allow_pickle=self.allow_pickle)
-            from transformers import AutoModelForImageTextToText, AutoProcessor
+            with models.quiet("transformers"):
+                from transformers import AutoModelForImageTextToText, AutoProcessor
 
             self._processor = models.load_pretrained(AutoProcessor, found, "VLM", weights=False)
             self._model = models.load_pretrained(AutoModelForImageTextToText, found, "VLM")

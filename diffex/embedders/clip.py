@@ -107,7 +107,8 @@ def _load(source: str):
     """(model, image processor, tokenizer) through diffex's loading policy (diffex/models.py:
     a local folder or the local Hugging Face cache, safetensors); one-line DiffexError on failure."""
     found = models.resolve("CLIP", source)
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+    with models.quiet("transformers"):  # the "no torchvision, using the PIL processor" notice
+        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
     model = models.load_pretrained(CLIPModel, found, "CLIP")
     image_processor = models.load_pretrained(CLIPImageProcessor, found, "CLIP", weights=False)
