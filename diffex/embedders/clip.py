@@ -18,6 +18,7 @@ from .. import models
 from ..errors import DiffexError
 from ..hashing import hash_json, hash_tensors
 from .base import DEFAULT_VALIDITY_THRESHOLD, Embedder
+from .clip_text import remember_embedder_id
 
 DEMO_CLIP_DIR = Path(__file__).resolve().parents[1] / "demo" / "clip"
 # Optional file beside a model's weights: {"validity_threshold": x, ...} calibrated for it.
@@ -63,6 +64,8 @@ class ClipEmbedder(Embedder):
                 "eos": [self.tokenizer.eos_token_id, self.model.config.text_config.eos_token_id],
             }
             self._id = hash_tensors(self.model.state_dict(), extra=extra)[:32]
+            # lets `diffex search` encode query texts without transformers (clip_text.py)
+            remember_embedder_id(self.path, self._id)
         return self._id
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
