@@ -433,6 +433,10 @@ def propose_taxonomy(
     picked = pick_images(images, samples)
     image_ids = [hash_image(im) for _, im in picked]
     response_id = hash_json({"model": model.model_key, "prompt": prompt, "images": image_ids})[:32]
+    if db is not None and not Path(db).exists() and isinstance(model, HFVLM):
+        # a new database holds no cached answer, so the model will be needed: load it before
+        # the file is created, and a model that cannot load leaves no empty database behind
+        model._load()
     store = Store.open(db) if db is not None else None
     try:
         # 2. the cached answer, or ask the model
