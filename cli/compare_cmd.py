@@ -10,7 +10,7 @@ from diffex.errors import UsageError
 from .output import FORMATS, format_rows
 
 COLUMNS = ["node", "parent", "depth", "class_name", "effect_a", "effect_b", "diff", "ci_low", "ci_high",
-           "p_value", "p_adjusted", "significant", "n_images", "n_edits"]
+           "p_permutation", "p_permutation_bh", "significant", "n_images", "n_edits"]
 
 
 @click.command()
@@ -30,7 +30,9 @@ COLUMNS = ["node", "parent", "depth", "class_name", "effect_a", "effect_b", "dif
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format.")
 def compare(db, classifiers, class_name, direction, alpha, min_diff, n_permutations, seed, only_changed, fmt) -> None:
     """What changed between two classifier versions: each node's effect under A and B over
-    the same cached edits, B - A, a paired permutation test and a significance flag. Try:
+    the same cached edits, B - A, a paired sign-flip permutation test (p_permutation,
+    Benjamini-Hochberg adjusted: p_permutation_bh) and a significance flag. (The SQL macro
+    compare_classifiers runs a paired t-test instead: its p-values differ.) Try:
 
     diffex compare --db data/demo.duckdb --classifier demo:v1 --classifier demo:v2 --class old
     """

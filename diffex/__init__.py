@@ -11,18 +11,36 @@ Notebook use::
 Search and version comparison live in `diffex.search.search` and `diffex.compare.compare_classifiers`.
 """
 
-from .errors import DiffexError, UsageError
-from .indexer import IndexStats, run_index
-from .query import QueryResult, run_query
-from .store import Store
-from .taxonomy import load_taxonomy
+from importlib import import_module
 
+from .errors import DiffexError, UsageError
 
 __version__ = "0.1.0"
 
+# Imported on first use (PEP 562), so `import diffex.errors` (every CLI command) does not pay
+# for the indexer, the store and their dependencies.
+_LAZY = {
+    "IndexStats": "indexer", "run_index": "indexer", "QueryResult": "query", "run_query": "query",
+    "Store": "store", "load_taxonomy": "taxonomy",
+}
 
-def open_store(path, read_only: bool = False, cache_dir=None) -> Store:
-    """Open (creating or migrating unless read_only) the store at `path`."""
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'diffex' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+def open_store(path, read_only: bool = False, cache_dir=None):
+    """Open (creating or migrating unless read_only) the store at `path`: a diffex.store.Store."""
+    from .store import Store
+
     return Store.open(path, read_only=read_only, cache_dir=cache_dir)
 
 

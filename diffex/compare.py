@@ -12,15 +12,23 @@ The statistics, and why:
 - The unit is the image (as for the confidence intervals of `node_effects`): per image, the
   difference d = mean over its edits of (delta P under B - delta P under A); `diff` is the
   mean of d over images, so `diff == effect_b - effect_a` exactly.
-- p_value: two-sided paired sign-flip permutation test of mean(d) (under "no change" every
-  image's d is as likely to have either sign). Exact enumeration up to 16 images, otherwise
-  `n_permutations` seeded Monte Carlo flips, p = (1 + #{|mean*| >= |mean|}) / (1 + n).
-  The SQL macro `compare_classifiers` (schema/views.sql) uses a paired t-test with a normal
-  approximation instead (SQL cannot permute); its p-values differ, its flags rarely do.
-- p_adjusted: Benjamini-Hochberg over every row returned (nodes x classes).
-- significant: p_adjusted < alpha AND |diff| >= min_diff. Two versions of a network differ
-  a little everywhere; with enough images a consistent 0.001 shift is "significant" and
-  means nothing, so a change must also be large enough to matter (default 2 points of P).
+- ci_low, ci_high: 95% t interval of mean(d), clipped to [-2, 2], the range a difference of
+  two changes of probability can take (each delta P is in [-1, 1]).
+- p_permutation: two-sided paired sign-flip permutation test of mean(d) (under "no change"
+  every image's d is as likely to have either sign). Exact enumeration up to 16 images,
+  otherwise `n_permutations` seeded Monte Carlo flips, p = (1 + #{|mean*| >= |mean|}) / (1 + n).
+- p_permutation_bh: those p-values Benjamini-Hochberg adjusted over every row returned
+  (nodes x classes).
+- significant: p_permutation_bh < alpha AND |diff| >= min_diff. Two versions of a network
+  differ a little everywhere; with enough images a consistent 0.001 shift is "significant"
+  and means nothing, so a change must also be large enough to matter (default 2 points of P).
+
+Two tests, named apart: this module (and `diffex compare`) runs the permutation test; the
+SQL macro `compare_classifiers` (schema/views.sql) runs a paired t-test with an approximate
+t distribution instead (SQL cannot permute). Their p-values differ (on the demo, in the
+second decimal for goatee and top hat: scripts/readme_numbers.py prints both); their flags
+rarely do. Both used to be called `p_value` / `p_adjusted`, which made them look like one
+test disagreeing with itself; `NodeChange.p_value` / `.p_adjusted` remain as aliases.
 """
 
 from __future__ import annotations
@@ -52,13 +60,23 @@ class NodeChange:
     effect_a: float
     effect_b: float
     diff: float  # effect_b - effect_a
-    ci_low: float | None  # 95% t interval of diff over images
+    ci_low: float | None  # 95% t interval of diff over images, within [-2, 2]
     ci_high: float | None
-    p_value: float | None  # None with a single image
-    p_adjusted: float | None
+    p_permutation: float | None  # paired sign-flip permutation test; None with a single image
+    p_permutation_bh: float | None  # Benjamini-Hochberg adjusted over the rows compared
     significant: bool
     n_images: int
     n_edits: int
+
+    @property
+    def p_value(self) -> float | None:
+        """Old name of `p_permutation`."""
+        return self.p_permutation
+
+    @property
+    def p_adjusted(self) -> float | None:
+        """Old name of `p_permutation_bh`."""
+        return self.p_permutation_bh
 
 
 @dataclass(frozen=True)
@@ -114,6 +132,19 @@ def benjamini_hochberg(p_values: Sequence[float | None]) -> list[float | None]:
     for rank, j in enumerate(order):
         out[idx[j]] = float(adjusted[rank])
     return out
+
+
+def mean_interval(values: np.ndarray, low: float, high: float) -> tuple[float, float] | None:
+    """95% t interval of the mean of `values` (None for fewer than two), clipped to the range
+    [low, high] the quantity can take: a symmetric interval over a few images can reach past
+    it (an 8-image effect showed ci_high 1.24 for a change of probability)."""
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    if n < 2:
+        return None
+    half = _t975(n - 1) * values.std(ddof=1) / np.sqrt(n)
+    mean = float(values.mean())
+    return max(low, mean - half), min(high, mean + half)
 
 
 def _t975(df: int) -> float:
@@ -186,29 +217,30 @@ def compare_classifiers(
         d = np.array([it["diff"] for it in items])
         n = len(d)
         first = items[0]
-        half = _t975(n - 1) * d.std(ddof=1) / np.sqrt(n) if n > 1 else None
+        # a difference of two changes of probability (each in [-1, 1]) lies in [-2, 2]
+        interval = mean_interval(d, -2.0, 2.0)
         partial.append(dict(
             node=first["node"], parent=first["parent"], depth=int(first["depth"]), path=first["path"],
             direction=direction, class_name=cls,
             effect_a=float(np.mean([it["effect_a"] for it in items])),
             effect_b=float(np.mean([it["effect_b"] for it in items])),
             diff=float(d.mean()),
-            ci_low=None if half is None else float(d.mean() - half),
-            ci_high=None if half is None else float(d.mean() + half),
-            p_value=sign_flip_p_value(d, n_permutations, seed) if n > 1 else None,
+            ci_low=None if interval is None else interval[0],
+            ci_high=None if interval is None else interval[1],
+            p_permutation=sign_flip_p_value(d, n_permutations, seed) if n > 1 else None,
             n_images=n, n_edits=int(sum(it["n_edits"] for it in items)),
         ))
     # 4. multiple testing over everything compared, then the flag
-    adjusted = benjamini_hochberg([p["p_value"] for p in partial])
+    adjusted = benjamini_hochberg([p["p_permutation"] for p in partial])
     changes = [
-        NodeChange(**p, p_adjusted=q, significant=bool(q is not None and q < alpha and abs(p["diff"]) >= min_diff))
+        NodeChange(**p, p_permutation_bh=q, significant=bool(q is not None and q < alpha and abs(p["diff"]) >= min_diff))
         for p, q in zip(partial, adjusted)
     ]
     changes.sort(key=lambda c: (not c.significant, -abs(c.diff), c.path, c.class_name))
     method = (
         f"paired sign-flip permutation test over images ({'exact' if max(c.n_images for c in changes) <= EXACT_MAX_IMAGES else f'{n_permutations} seeded permutations'}), "
         f"Benjamini-Hochberg over {sum(p is not None for p in adjusted)} tests; "
-        f"significant = adjusted p < {alpha} and |diff| >= {min_diff}"
+        f"significant = p_permutation_bh < {alpha} and |diff| >= {min_diff}"
     )
     return Comparison(
         classifier_a={k: a[k] for k in ("classifier_id", "name", "spec")},

@@ -104,6 +104,20 @@ def hash_files(root: Path, files: Sequence[Path]) -> str:
     return digest
 
 
+def memo_get(name: str, key: str) -> str | None:
+    """A value remembered under `key` in the per-user memo file `name` (see user_cache_dir)."""
+    return _read_memo(user_cache_dir() / name).get(key)
+
+
+def memo_put(name: str, key: str, value: str) -> None:
+    """Remember `value` under `key` in the per-user memo file `name` (best effort)."""
+    path = user_cache_dir() / name
+    memo = _read_memo(path)
+    if memo.get(key) != value:
+        memo[key] = value
+        _write_memo(path, memo)
+
+
 def _read_memo(path: Path) -> dict[str, str]:
     try:
         memo = json.loads(path.read_text())

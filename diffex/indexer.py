@@ -115,6 +115,7 @@ def run_index(
     tax = load_taxonomy(taxonomy)
     clf = load_classifier(classifier)
     ed = load_editor(editor)
+    emb = load_embedder(embedder) if embedder is not None else None
     targets = list(classes) if classes else list(clf.class_names)
     unknown = [c for c in targets if c not in clf.class_names]
     if unknown:
@@ -124,10 +125,12 @@ def run_index(
     score_images(clf, [loaded[0][1]])
     pictures = {rec.image_id: im for rec, im in loaded}
     image_ids = [rec.image_id for rec, _ in loaded]
-    emb = load_embedder(embedder) if embedder is not None else None
     templates = text_templates or TextTemplates(domain=tax.domain)
 
     owns_store = not isinstance(db, Store)
+    # no database is created before the editor's model is known to load: a new one needs the
+    # model for its first edits anyway; an existing one may need no edit (lazy load)
+    ed.check(load=owns_store and not Path(db).exists())
     # one index run per store at a time; readers are served between its commits (docs/store.md)
     run_lock = index_run_lock(Path(db)) if owns_store else contextlib.nullcontext()
     run_lock.__enter__()

@@ -35,15 +35,10 @@ def load_store_embedder(store: Store, which: "str | Embedder | None" = None) -> 
     if isinstance(which, Embedder):
         row = _row_for(store, which.embedder_id)
         return which, row
-    known = store.embedders()
-    row = None
-    if which is not None:
-        row = next((r for r in known if which in (r["embedder_id"], r["spec"], r["name"])
-                    or (len(which) >= 6 and r["embedder_id"].startswith(which))), None)
-    if which is not None and row is None:  # a spec: load it; it must have vectors here
+    row = _stored_row(store, which)
+    if row is None:  # a spec: load it; it must have vectors here
         emb = load_embedder(which)
         return emb, _row_for(store, emb.embedder_id)
-    row = row or store.resolve_embedder(None)
     emb = load_embedder(row["spec"])
     if emb.embedder_id != row["embedder_id"]:
         raise DiffexError(
@@ -51,6 +46,30 @@ def load_store_embedder(store: Store, which: "str | Embedder | None" = None) -> 
             f"(id {emb.embedder_id[:12]} != {row['embedder_id'][:12]}): pass the original with --embedder SPEC"
         )
     return emb, row
+
+
+def _stored_row(store: Store, which: str | None) -> dict | None:
+    """The stored embedder named by id, id prefix, name or spec (None when `which` names none:
+    it may be a spec to load), or the most recent one when `which` is None."""
+    if which is None:
+        return store.resolve_embedder(None)
+    return next((r for r in store.embedders() if which in (r["embedder_id"], r["spec"], r["name"])
+                 or (len(which) >= 6 and r["embedder_id"].startswith(which))), None)
+
+
+def _text_embedder(store: Store, which: "str | Embedder | None") -> tuple[Embedder, dict]:
+    """What encodes a query TEXT: the numpy CLIP text encoder when it is known to reproduce the
+    stored embedder (embedders/clip_text.py: no torch or transformers to import, ~3 s less),
+    else the full embedder, as for image queries."""
+    if not isinstance(which, Embedder):
+        row = _stored_row(store, which)
+        if row is not None:
+            from .embedders.clip_text import stored_encoder
+
+            fast = stored_encoder(row)
+            if fast is not None:
+                return fast, row
+    return load_store_embedder(store, which)
 
 
 def _row_for(store: Store, embedder_id: str) -> dict:
@@ -91,8 +110,12 @@ def search(
     try:
         clf = store.check_class(class_name, classifier) if class_name is not None else None
         # 2. encode the query with the model that made the stored vectors
-        emb, row = load_store_embedder(store, embedder)
-        query = emb.embed_texts([str(text)])[0] if text is not None else emb.embed_images([load_image(Path(image))])[0]
+        if text is not None:
+            emb, row = _text_embedder(store, embedder)
+            query = emb.embed_texts([str(text)])[0]
+        else:
+            emb, row = load_store_embedder(store, embedder)
+            query = emb.embed_images([load_image(Path(image))])[0]
         # 3. nearest neighbours in the FAISS index (widened until k rows of the wanted kind)
         index = VectorIndex.open(store, row["embedder_id"])
         kinds = _item_kinds(store, index.item_ids)
@@ -192,7 +215,7 @@ def nodes_like(
         raise UsageError(f"--k must be at least 1, got {k}")
     store = _open(db, cache_dir)
     try:
-        emb, row = load_store_embedder(store, embedder)
+        emb, row = _text_embedder(store, embedder)
         domain = store._rows("SELECT domain FROM taxonomies ORDER BY created_at DESC LIMIT 1")
         templates = TextTemplates(domain=domain[0]["domain"] if domain else None)
         phrase = str(text).strip()

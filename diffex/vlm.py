@@ -6,7 +6,8 @@ VLM SPECs:
 - `openai:MODEL`: any OpenAI-compatible chat-completions endpoint, over urllib (no client library);
   `OPENAI_BASE_URL` (default https://api.openai.com/v1) and `OPENAI_API_KEY`.
 - `hf:MODEL_ID_OR_PATH`: a local transformers image-text-to-text model (AutoProcessor +
-  AutoModelForImageTextToText, greedy decoding, `trust_remote_code` off).
+  AutoModelForImageTextToText, greedy decoding), loaded by diffex's policy (diffex/models.py):
+  a local folder or the local Hugging Face cache, safetensors, `trust_remote_code` off.
 
 Answers are cached in the store's `vlm_responses` table under hash(model, prompt, image ids), so
 asking again costs nothing. Model output is repaired where that is safe (prose around the JSON,
@@ -31,6 +32,7 @@ from typing import Any, Protocol, Sequence
 
 from PIL import Image
 
+from . import models
 from .errors import DiffexError, UsageError
 from .hashing import hash_image, hash_json, sha256_bytes
 from .images import expand_image_paths, load_image
@@ -169,10 +171,12 @@ class HFVLM:
     def __init__(self, model_id: str, max_new_tokens: int = 1024, device: str = "cpu"):
         if not model_id:
             raise UsageError("hf VLM spec needs a model id or path, e.g. hf:HuggingFaceTB/SmolVLM-256M-Instruct")
+        self.spec = f"hf:{model_id}"
+        model_id, options = models.split_spec("hf", model_id, {"allow_pickle": "1 accepts pickle weights"})
+        self.allow_pickle = models.flag(options, "allow_pickle")
         self.model_id = model_id
         self.max_new_tokens = max_new_tokens
         self.device = device
-        self.spec = f"hf:{model_id}"
         config = Path(model_id) / "config.json"
         # a local folder is known by its config; a hub id by its name (a revision is the user's to pin)
         ident = sha256_bytes(config.read_bytes())[:16] if config.is_file() else "hub"
@@ -182,14 +186,18 @@ class HFVLM:
     def _load(self) -> None:
         if self._model is not None:
             return
+        # diffex's loading policy (diffex/models.py): a local folder or the local HF cache,
+        # safetensors, no remote code; every failure one line naming the model
         try:
-            from transformers import AutoModelForImageTextToText, AutoProcessor
+            found = models.resolve("VLM", self.model_id, allow_pickle=self.allow_pickle)
+            with models.quiet("transformers"):
+                from transformers import AutoModelForImageTextToText, AutoProcessor
 
-            self._processor = AutoProcessor.from_pretrained(self.model_id, trust_remote_code=False)
-            self._model = AutoModelForImageTextToText.from_pretrained(self.model_id, trust_remote_code=False)
-        except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for a bad model
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DiffexError(f"cannot load VLM {self.spec}: {first}") from None
+            self._processor = models.load_pretrained(AutoProcessor, found, "VLM", weights=False)
+            self._model = models.load_pretrained(AutoModelForImageTextToText, found, "VLM")
+        except DiffexError as exc:
+            reason = str(exc).removeprefix(f"cannot load VLM model {self.model_id!r}: ")
+            raise DiffexError(f"cannot load VLM {self.spec}: {reason}") from None
         self._model.to(self.device).eval()
         if not getattr(self._processor, "chat_template", None):
             raise DiffexError(f"VLM {self.spec} has no chat template; it is not an instruction-tuned image-text model")
@@ -425,6 +433,10 @@ def propose_taxonomy(
     picked = pick_images(images, samples)
     image_ids = [hash_image(im) for _, im in picked]
     response_id = hash_json({"model": model.model_key, "prompt": prompt, "images": image_ids})[:32]
+    if db is not None and not Path(db).exists() and isinstance(model, HFVLM):
+        # a new database holds no cached answer, so the model will be needed: load it before
+        # the file is created, and a model that cannot load leaves no empty database behind
+        model._load()
     store = Store.open(db) if db is not None else None
     try:
         # 2. the cached answer, or ask the model

@@ -178,12 +178,13 @@ def test_hf_pickle_checkpoint_is_refused_unless_allowed(tmp_path, hf_dir):
 
 
 def test_hf_spec_errors_are_one_line(cli_run, tmp_path, images, hf_dir, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # diffex is offline whatever this says
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     db = tmp_path / "x.duckdb"
     tax = tmp_path / "t.json"
     tax.write_text(json.dumps(TAX))
     cases = {
-        "hf:some-org/not-downloaded": "HF_HUB_OFFLINE",
+        "hf:some-org/not-downloaded": "'some-org/not-downloaded' is not in the local Hugging Face cache",
         f"hf:{tmp_path}/missing/model": "no hf model directory",
         f"hf:{hf_dir}?trust_remote_code=maybe": "must be 1 or 0",
         f"hf:{hf_dir}?colour=1": "unknown option 'colour'",

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from diffex import DiffexError, open_store, run_index, run_query
-from diffex.compare import benjamini_hochberg, compare_classifiers, sign_flip_p_value
+from diffex.compare import benjamini_hochberg, compare_classifiers, mean_interval, sign_flip_p_value
+from diffex.store import Store
 from diffex.demo.classifier import ground_truth
 from diffex.demo.run import run_demo
 from diffex.demo.world import write_dataset
@@ -87,7 +88,8 @@ def test_cli_compare_json_and_errors(demo_pair, cli_run):
                      "--format", "json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert {"node", "effect_a", "effect_b", "diff", "p_value", "significant"} <= set(rows[0])
+    assert {"node", "effect_a", "effect_b", "diff", "p_permutation", "p_permutation_bh", "significant"} <= set(rows[0])
+    assert "p_value" not in rows[0]  # the SQL macro's t-test p; the CLI's test is a permutation test
     assert rows[0]["significant"] and {"goatee", "top hat"} <= {r["node"] for r in rows if r["significant"]}
     table = cli_run("compare", "--db", db, "--classifier", "demo:v1", "--classifier", "demo:v2", "--class", "old", "--changed")
     assert table.exit_code == 0 and "goatee" in table.output and "grey hair" not in table.output
@@ -127,7 +129,7 @@ def test_only_edits_scored_by_both_are_paired(tmp_path, classifier_file):
         assert r.effect_a == pytest.approx(expected, abs=1e-12)
     # grey hair brightens faces under both versions; the retrained (higher-gain) one reacts more
     grey = next(r for r in result.rows if r.node == "grey hair")
-    assert grey.effect_a > 0 and grey.effect_b > grey.effect_a and grey.p_value == pytest.approx(0.5)
+    assert grey.effect_a > 0 and grey.effect_b > grey.effect_a and grey.p_permutation == pytest.approx(0.5)
     other = tmp_path / "other.duckdb"
     run_index(other, [str(some)], tax, f"python:{classifier_file}:make", beam=0, samples=1, directions=("remove",))
     run_index(other, [str(some)], tax, f"python:{classifier_file}:make_retrained", beam=0, samples=1,
@@ -157,3 +159,40 @@ def test_sql_t_test_p_value_is_close_to_exact(tmp_path):
             assert abs(got - p) < 0.003, (t, df, got, p)
         assert store.con.execute("SELECT normal_p2(1.959964)").fetchone()[0] == pytest.approx(0.05, abs=1e-6)
         assert math.isclose(store.con.execute("SELECT t_test_p2(0.0, 7)").fetchone()[0], 1.0, abs_tol=1e-6)
+
+
+def test_intervals_stay_within_what_the_quantity_can_take():
+    d = np.array([1.9, 1.5, 1.95, 1.2])
+    half = 3.182 * d.std(ddof=1) / 2  # t(0.975, 3), n = 4
+    assert d.mean() + half > 2  # the plain t interval reaches past the largest possible difference
+    assert mean_interval(d, -2, 2) == pytest.approx((d.mean() - half, 2.0))
+    assert mean_interval(np.array([0.9, -0.9]), -1, 1) == (-1, 1)
+    inside = np.array([0.1, 0.2, 0.15, 0.05, 0.12])
+    plain = 2.776 * inside.std(ddof=1) / np.sqrt(5)
+    assert mean_interval(inside, -1, 1) == pytest.approx((inside.mean() - plain, inside.mean() + plain))
+    assert mean_interval(np.array([0.3]), -1, 1) is None
+
+
+class _PairedRows(Store):
+    """A store answering compare_classifiers' three questions from fixed per-image rows."""
+
+    def __init__(self, diffs):
+        self.diffs = diffs
+
+    def resolve_classifier(self, which):
+        return {"classifier_id": which, "name": which, "spec": which, "class_names": ["old"]}
+
+    def check_class(self, class_name, classifier):
+        return None
+
+    def paired_image_effects(self, a, b, class_name, direction):
+        return [{"path": "hat", "node": "hat", "parent": None, "depth": 1, "class_name": "old",
+                 "effect_a": -d / 2, "effect_b": d / 2, "diff": d, "n_edits": 1} for d in self.diffs]
+
+
+def test_compare_clips_the_interval_of_a_difference_to_minus_two_two():
+    diffs = [1.9, 1.5, 1.95, 1.2]  # B reverses what A learned, on four images
+    row = compare_classifiers(_PairedRows(diffs), "a", "b", "old").rows[0]
+    assert row.ci_high == 2.0 and row.ci_low == pytest.approx(mean_interval(np.array(diffs), -2, 2)[0])
+    assert row.p_permutation == pytest.approx(2 / 16) and row.p_value == row.p_permutation  # old name kept
+    assert row.p_permutation_bh == row.p_adjusted == pytest.approx(2 / 16)

@@ -4,6 +4,7 @@ with tiny random CLIP models built here and loaded through `clip:PATH`."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -111,13 +112,13 @@ def test_bad_embedder_specs_are_one_line_errors(tmp_path, monkeypatch):
 
     with pytest.raises(DiffexError, match="unknown embedder spec"):
         load_embedder("nope:x")
-    with pytest.raises(DiffexError, match="folder not found"):
+    with pytest.raises(DiffexError, match="no CLIP model directory at"):
         load_embedder(f"clip:{tmp_path / 'missing'}")
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
-    with pytest.raises(DiffexError, match="HF_HUB_OFFLINE"):
+    # a hub id resolves through the local cache only, whatever HF_HUB_OFFLINE says
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    with pytest.raises(DiffexError, match=r"'nobody/no-such-clip-model' is not in the local Hugging Face cache \("
+                                          + re.escape(str(tmp_path / "empty-hub"))):
         load_embedder("clip:nobody/no-such-clip-model")
 
 

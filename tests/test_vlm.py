@@ -248,11 +248,16 @@ def test_hf_model_proposes_and_is_cached(tiny_vlm, demo_images, tmp_path, monkey
 
 
 def test_hf_model_that_cannot_load(tmp_path, demo_images, monkeypatch, cli_run):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "empty-model").mkdir()
     result = cli_run("taxonomy", "propose", "--images", demo_images, "--vlm", f"hf:{tmp_path / 'empty-model'}", "--samples", "1")
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert result.output.startswith(f"Error: cannot load VLM hf:{tmp_path / 'empty-model'}:")
+    # nor does it leave a new database behind
+    db = tmp_path / "t.duckdb"
+    result = cli_run("taxonomy", "propose", "--images", demo_images, "--vlm", f"hf:{tmp_path / 'empty-model'}",
+                     "--samples", "1", "--db", db)
+    assert result.exit_code == 1 and result.output.startswith("Error: cannot load VLM"), result.output
+    assert not db.exists()
 
 
 def test_propose_usage_errors(cli_run, demo_images, tmp_path):

@@ -13,9 +13,8 @@ from PIL import Image
 
 from ..errors import DiffexError
 from ..hashing import hash_tensors
+from ..models import clean_config, flag, load_pretrained, name_list, resolve, split_spec
 from .base import LoadedClassifier
-from .loading import (clean_config, flag, load_error, local_dir, name_list, offline_mode, quiet_transformers,
-                      safetensors_required, split_spec)
 
 OPTIONS = {
     "labels": "comma-separated class labels (required)",
@@ -67,19 +66,10 @@ def from_spec(rest: str) -> CLIPZeroShotClassifier:
     template = options.get("template", DEFAULT_TEMPLATE)
     if template.count("{}") != 1:
         raise DiffexError(f"clip template must contain {{}} once (where the label goes), got {template!r}")
-    directory = local_dir("clip", target)
-    use_safetensors = safetensors_required("clip", directory, flag(options, "allow_pickle"))
-    source = str(directory) if directory is not None else target
+    source = resolve("clip", target, allow_pickle=flag(options, "allow_pickle"))
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-    local = directory is not None or offline_mode()
-    try:
-        with quiet_transformers():
-            model = CLIPModel.from_pretrained(source, use_safetensors=use_safetensors, dtype=torch.float32,
-                                              local_files_only=local)
-            processor = AutoImageProcessor.from_pretrained(source, backend="pil", local_files_only=local)
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
-        raise load_error("clip", target, exc) from None
-    clf = CLIPZeroShotClassifier(model, processor, tokenizer, labels, template)
-    return clf
+    model = load_pretrained(CLIPModel, source, "clip", dtype=torch.float32)
+    processor = load_pretrained(AutoImageProcessor, source, "clip", weights=False, backend="pil")
+    tokenizer = load_pretrained(AutoTokenizer, source, "clip", weights=False)
+    return CLIPZeroShotClassifier(model, processor, tokenizer, labels, template)

@@ -11,9 +11,8 @@ from PIL import Image
 
 from ..errors import DiffexError
 from ..hashing import hash_tensors
+from ..models import clean_config, flag, load_pretrained, resolve, split_spec
 from .base import LoadedClassifier
-from .loading import (clean_config, flag, load_error, local_dir, offline_mode, quiet_transformers,
-                      safetensors_required, split_spec)
 
 OPTIONS = {
     "trust_remote_code": "1 runs the model repository's own Python code; off by default",
@@ -60,17 +59,9 @@ class HFImageClassifier(LoadedClassifier):
 def from_spec(rest: str) -> HFImageClassifier:
     target, options = split_spec("hf", rest, OPTIONS)
     trust = flag(options, "trust_remote_code")
-    directory = local_dir("hf", target)
-    use_safetensors = safetensors_required("hf", directory, flag(options, "allow_pickle"))
-    source = str(directory) if directory is not None else target
+    source = resolve("hf", target, allow_pickle=flag(options, "allow_pickle"))
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    kwargs = {"trust_remote_code": trust, "local_files_only": directory is not None or offline_mode()}
-    try:
-        with quiet_transformers():
-            model = AutoModelForImageClassification.from_pretrained(
-                source, use_safetensors=use_safetensors, dtype=torch.float32, **kwargs)
-            processor = AutoImageProcessor.from_pretrained(source, backend="pil", **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
-        raise load_error("hf", target, exc) from None
+    model = load_pretrained(AutoModelForImageClassification, source, "hf", trust_remote_code=trust, dtype=torch.float32)
+    processor = load_pretrained(AutoImageProcessor, source, "hf", trust_remote_code=trust, weights=False, backend="pil")
     return HFImageClassifier(model, processor, target)

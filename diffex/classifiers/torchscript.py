@@ -22,8 +22,8 @@ from PIL import Image
 
 from ..errors import DiffexError
 from ..hashing import hash_tensors
+from ..models import flag, float_list, name_list, split_spec, torch_load
 from .base import LoadedClassifier
-from .loading import flag, float_list, name_list, split_spec
 
 OPTIONS = {
     "class_names": "comma-separated, in output order",
@@ -91,12 +91,12 @@ def _load(path: Path, allow_pickle: bool) -> Any:
     if not zipfile.is_zipfile(path) and not _is_pickle(path):
         raise DiffexError(f"{path} is not a TorchScript archive ({jit_error[:200]})")
     if allow_pickle:
-        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        obj = torch_load(path, allow_pickle=True)
         if not isinstance(obj, torch.nn.Module):
             raise DiffexError(f"{path} unpickles to a {type(obj).__name__}, not a torch.nn.Module")
         return obj
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)  # safe: tensors and plain containers only
+        obj = torch_load(path, allow_pickle=False)  # safe: tensors and plain containers only
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError):
         raise DiffexError(
             f"{path} is a pickled Python object, not a TorchScript archive; unpickling can run arbitrary code, so "

@@ -62,6 +62,11 @@ class Editor(ABC):
     def editor_id(self) -> str:
         return hash_json({"name": self.name, **self.config})[:32]
 
+    def check(self, load: bool = False) -> None:
+        """Raise DiffexError now if this editor cannot run (its model absent, say), before any
+        store is created. `load=True` also loads what backends otherwise load lazily."""
+        _ = self.editor_id
+
     @abstractmethod
     def open(self, image: Image.Image, image_id: str, cache_dir: Path) -> EditSession:
         """Start editing one image. `cache_dir` is the store's content-addressed cache root,

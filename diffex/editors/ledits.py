@@ -8,7 +8,10 @@ steps=50 (inversion steps), skip=0.1, guidance=10 (edit_guidance_scale), thresho
 (edit_threshold), dtype (float16 on cuda, else float32), device (cuda if available, else
 cpu), batch=1 (images inverted and edited together in one UNet batch; same edit, several
 images), safety=1 (keep the model's safety checker; 0 loads without it), revision (hub
-models). The editor id hashes the model (hub id + revision, or the bytes of a local
+models), allow_pickle=1 (accept a component saved only as pickle, e.g.
+diffusion_pytorch_model.bin). Models load through diffex's loading policy (diffex/models.py):
+a local directory, or a hub id already in the local Hugging Face cache; nothing is
+downloaded. The editor id hashes the model (hub id + revision, or the bytes of a local
 directory's weight and config files) and every option that changes pixels; not device or
 batch, which change pixels only at the level of float rounding (see `edit_batch`).
 
@@ -44,6 +47,7 @@ from urllib.parse import parse_qsl
 
 from PIL import Image
 
+from .. import models
 from ..errors import DiffexError
 from ..hashing import hash_files, hash_json
 from ..types import DIRECTIONS, Concept
@@ -72,9 +76,11 @@ OPTIONS: dict[str, Any] = {
     "batch": int,
     "safety": _parse_bool,
     "revision": str,
+    "allow_pickle": _parse_bool,
 }
 DEFAULTS: dict[str, Any] = {
     "size": 512, "steps": 50, "skip": 0.1, "guidance": 10.0, "threshold": 0.75, "batch": 1, "safety": True,
+    "allow_pickle": False,
 }
 DTYPES = ("float16", "bfloat16", "float32")
 # The reconstruction (null edit) is taken from the inversion of this seed; samples 0..k-1
@@ -82,10 +88,6 @@ DTYPES = ("float16", "bfloat16", "float32")
 RECONSTRUCT_SEED = 0
 # Weight and config files whose bytes define a local model's identity.
 _IDENTITY_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
-
-
-def _looks_like_path(model: str) -> bool:
-    return model.startswith(("/", "./", "../", "~", ".\\")) or os.path.isabs(model) or model in (".", "..")
 
 
 def parse_spec(rest: str) -> tuple[str, dict[str, str]]:
@@ -113,14 +115,8 @@ def _hub_commit(model: str, revision: str) -> str | None:
     (a 40-hex revision is a commit already), or None when the cache does not have it."""
     if re.fullmatch(r"[0-9a-f]{40}", revision):
         return revision
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(model, "model_index.json", revision=revision)
-    except Exception:  # an id the hub library rejects: loading will say what is wrong
-        return None
-    # .../models--org--name/snapshots/<commit>/model_index.json
-    return Path(found).parent.name if isinstance(found, str) else None
+    snapshot = models.hub_snapshot(model, revision)  # .../models--org--name/snapshots/<commit>
+    return snapshot.name if snapshot is not None else None
 
 
 def _local_model_hash(path: Path) -> str:
@@ -155,7 +151,7 @@ class LeditsEditor(Editor):
             try:
                 parsed[key] = OPTIONS[key](raw)
             except ValueError:
-                kind = "boolean (0/1)" if key == "safety" else OPTIONS[key].__name__
+                kind = "boolean (0/1)" if OPTIONS[key] is _parse_bool else OPTIONS[key].__name__
                 raise DiffexError(f"ledits option {key}={raw!r} is not a valid {kind}") from None
         if parsed["size"] <= 0 or parsed["size"] % 32:
             raise DiffexError(f"ledits option size={parsed['size']} must be a positive multiple of 32")
@@ -182,7 +178,7 @@ class LeditsEditor(Editor):
         expanded = Path(os.path.expanduser(model))
         if expanded.exists():
             self.local_path = expanded
-        elif _looks_like_path(model):
+        elif models.looks_like_path(model):
             raise DiffexError(f"ledits model path {model} does not exist")
         self._config: dict[str, Any] | None = None
         self._pipe = None
@@ -205,9 +201,8 @@ class LeditsEditor(Editor):
                 # like "main" moves); its scheduler config comes with that commit.
                 revision = self.options.get("revision", "main")
                 commit = _hub_commit(self.model, revision)
-                if commit is None:
-                    self.pipeline()  # not in the local cache: download it (or fail saying how to get it)
-                    commit = _hub_commit(self.model, revision) or revision
+                if commit is None:  # diffex downloads nothing (diffex/models.py)
+                    raise models.not_present("LEDITS++", self.model, self.options.get("revision"))
                 model = {"id": self.model, "revision": commit}
                 scheduler = None
             if isinstance(scheduler, dict):
@@ -230,6 +225,19 @@ class LeditsEditor(Editor):
         return self._config
 
     # ----- pipeline -------------------------------------------------------------------
+    def check(self, load: bool = False) -> None:
+        """Fail now, with one line, if the model is absent or breaks the loading policy (file
+        look-ups only); `load=True` also loads the pipeline (seconds to minutes)."""
+        self._source()
+        _ = self.editor_id
+        if load:
+            self.pipeline()
+
+    def _source(self) -> "models.ModelSource":
+        target = str(self.local_path) if self.local_path is not None else self.model
+        return models.resolve("LEDITS++", target, allow_pickle=self.options["allow_pickle"],
+                              revision=None if self.local_path is not None else self.options.get("revision"))
+
     def pipeline(self):
         """The loaded pipeline (loads on first call). Raises DiffexError when it cannot be loaded."""
         if self._pipe is None:
@@ -244,25 +252,16 @@ class LeditsEditor(Editor):
 
         start = time.perf_counter()
         cls = getattr(diffusers, self.pipeline_class)
-        source = str(self.local_path) if self.local_path is not None else self.model
+        found = self._source()
         # diffusers >= 0.42 renamed torch_dtype to dtype (the old name still works, with a warning).
         from diffusers.utils import deprecation_utils
 
         dtype_key = "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
         kwargs: dict[str, Any] = {dtype_key: getattr(torch, self.options["dtype"])}
-        if "revision" in self.options:
-            kwargs["revision"] = self.options["revision"]
         if not self.options["safety"]:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
-        try:
-            pipe = cls.from_pretrained(source, **kwargs)
-        except Exception as exc:  # hub/offline/corrupt files all arrive as different types
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise DiffexError(
-                f"cannot load LEDITS++ model {self.model!r} ({reason}); no network here? "
-                "put the model in the local Hugging Face cache and set HF_HUB_OFFLINE=1, "
-                "or pass a local path saved with save_pretrained (ledits:/path/to/model)"
-            ) from None
+        # the revision is resolved already: `found.path` is that commit's snapshot folder
+        pipe = models.load_pretrained(cls, found, "LEDITS++", **kwargs)
         _use_ledits_scheduler(pipe)
         try:
             pipe = pipe.to(self.options["device"])

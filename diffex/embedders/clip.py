@@ -7,8 +7,6 @@ processor, loaded by id (Hugging Face cache) or from a local folder.
 from __future__ import annotations
 
 import json
-import os
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import parse_qsl
@@ -16,9 +14,11 @@ from urllib.parse import parse_qsl
 import numpy as np
 from PIL import Image
 
+from .. import models
 from ..errors import DiffexError
 from ..hashing import hash_json, hash_tensors
 from .base import DEFAULT_VALIDITY_THRESHOLD, Embedder
+from .clip_text import remember_embedder_id
 
 DEMO_CLIP_DIR = Path(__file__).resolve().parents[1] / "demo" / "clip"
 # Optional file beside a model's weights: {"validity_threshold": x, ...} calibrated for it.
@@ -40,12 +40,12 @@ class ClipEmbedder(Embedder):
         self.source = model_id_or_path
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
-        self.model, self.image_processor, self.tokenizer = _load(model_id_or_path)
+        self.model, self.image_processor, self.tokenizer, self.path = _load(model_id_or_path)
         self.model.to(self.device).eval()
         text_cfg = self.model.config.text_config
         self.max_length = int(min(getattr(self.tokenizer, "model_max_length", 77) or 77, text_cfg.max_position_embeddings))
         _check_eos(self.model, self.tokenizer, model_id_or_path)
-        self.validity_threshold = _calibrated_threshold(model_id_or_path)
+        self.validity_threshold = _calibrated_threshold(self.path)
         self._id: str | None = None
 
     @property
@@ -64,6 +64,8 @@ class ClipEmbedder(Embedder):
                 "eos": [self.tokenizer.eos_token_id, self.model.config.text_config.eos_token_id],
             }
             self._id = hash_tensors(self.model.state_dict(), extra=extra)[:32]
+            # lets `diffex search` encode query texts without transformers (clip_text.py)
+            remember_embedder_id(self.path, self._id)
         return self._id
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -105,42 +107,16 @@ def _normalise(feats) -> np.ndarray:
 
 
 def _load(source: str):
-    """(model, image processor, tokenizer) via from_pretrained; one-line DiffexError on failure."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError as exc:  # pragma: no cover - transformers is a dependency
-        raise DiffexError(f"the clip embedder needs transformers: {exc}") from None
-    local = Path(source).expanduser()
-    looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1  # hub ids are "owner/name"
-    if not local.exists() and looks_local:
-        raise DiffexError(f"CLIP model folder not found: {source}")
-    where = str(local) if local.exists() else source
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # the "no torchvision, using the PIL processor" notice
-    hf_logging.disable_progress_bar()  # "Loading weights" for a few MB
-    try:
-        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel  # (the notice comes at import)
+    """(model, image processor, tokenizer) through diffex's loading policy (diffex/models.py:
+    a local folder or the local Hugging Face cache, safetensors); one-line DiffexError on failure."""
+    found = models.resolve("CLIP", source)
+    with models.quiet("transformers"):  # the "no torchvision, using the PIL processor" notice
+        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = CLIPModel.from_pretrained(where)
-            image_processor = CLIPImageProcessor.from_pretrained(where)
-            tokenizer = AutoTokenizer.from_pretrained(where)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
-        first = (str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__).rstrip(". ")
-        raise DiffexError(
-            f"cannot load CLIP model {source!r}: {first}. "
-            + ("HF_HUB_OFFLINE is set, so only models already in the Hugging Face cache load; "
-               if offline else "Without network access (or with HF_HUB_OFFLINE=1) only cached models load; ")
-            + "give a local folder holding config.json, the weights, tokenizer and preprocessor files "
-            "(e.g. CLIPModel.save_pretrained + CLIPProcessor.save_pretrained) as clip:/path/to/folder"
-        ) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-    return model, image_processor, tokenizer
+    model = models.load_pretrained(CLIPModel, found, "CLIP")
+    image_processor = models.load_pretrained(CLIPImageProcessor, found, "CLIP", weights=False)
+    tokenizer = models.load_pretrained(AutoTokenizer, found, "CLIP", weights=False)
+    return model, image_processor, tokenizer, found.path
 
 
 def _check_eos(model, tokenizer, source: str) -> None:
@@ -157,8 +133,8 @@ def _check_eos(model, tokenizer, source: str) -> None:
         )
 
 
-def _calibrated_threshold(source: str) -> float:
-    path = Path(source).expanduser() / CALIBRATION_FILE
+def _calibrated_threshold(directory: Path) -> float:
+    path = directory / CALIBRATION_FILE
     if path.is_file():
         try:
             return float(json.loads(path.read_text(encoding="utf-8"))["validity_threshold"])
