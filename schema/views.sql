@@ -647,7 +647,7 @@ SELECT n.label AS node, parent.label AS parent, n.depth, n.path, a.direction, a.
        round(a.mean_a, 4) AS effect_a, round(a.mean_b, 4) AS effect_b, round(a.mean_diff, 4) AS diff,
        round(clip(a.mean_diff - t975(a.n_images - 1) * coalesce(a.sd_diff, 0) / sqrt(a.n_images), -2.0, 2.0), 4) AS ci_low,
        round(clip(a.mean_diff + t975(a.n_images - 1) * coalesce(a.sd_diff, 0) / sqrt(a.n_images), -2.0, 2.0), 4) AS ci_high,
-       a.p_raw AS p_value, a.p_adj AS p_adjusted,
+       a.p_raw AS p_t_test, a.p_adj AS p_t_test_bh,
        coalesce(a.p_adj < args.want_alpha AND abs(a.mean_diff) >= args.want_min_diff, FALSE) AS significant,
        a.n_images, a.n_edits
 FROM adjusted a

@@ -74,7 +74,7 @@ def test_sql_macro_agrees_with_the_library(demo_pair):
         x = lib[r["node"]]
         assert (r["effect_a"], r["effect_b"], r["diff"]) == pytest.approx((x.effect_a, x.effect_b, x.diff), abs=1e-4)
         assert (r["ci_low"], r["ci_high"]) == pytest.approx((x.ci_low, x.ci_high), abs=1e-4)
-        assert 0 <= r["p_value"] <= r["p_adjusted"] + 1e-12 and r["p_adjusted"] <= 1
+        assert 0 <= r["p_t_test"] <= r["p_t_test_bh"] + 1e-12 and r["p_t_test_bh"] <= 1
     # a t-test is not a permutation test, but on the demo both flag the same nodes
     assert {r["node"] for r in sql if r["significant"]} == {n for n, x in lib.items() if x.significant}
     assert sql[0]["significant"] and sql[0]["node"] in {"goatee", "top hat", "hat"}
