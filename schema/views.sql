@@ -552,7 +552,7 @@ CREATE OR REPLACE MACRO t_test_p2(t, df) AS
 -- both; classes matched by name; edits judged invalid left out, as in node_effects). Where
 -- both classifiers scored the same valid edits (the usual case: edits_fp and n_valid agree)
 -- this reads effect_images; elsewhere it pairs the edits themselves.
-CREATE OR REPLACE MACRO paired_image_effects(classifier_a, classifier_b) AS TABLE
+CREATE OR REPLACE MACRO paired_image_effects(classifier_a, classifier_b, only_class := NULL) AS TABLE
 WITH args AS (
     SELECT ka.classifier_key AS key_a, kb.classifier_key AS key_b, ka.classifier_id AS id_a, kb.classifier_id AS id_b
     FROM pick_classifier(classifier_a) pa, pick_classifier(classifier_b) pb, classifiers ka, classifiers kb
@@ -562,6 +562,7 @@ WITH args AS (
     FROM args
     JOIN classes ca ON ca.classifier_id = args.id_a
     JOIN classes cb ON cb.classifier_id = args.id_b AND cb.class_name = ca.class_name
+    WHERE only_class IS NULL OR ca.class_name = only_class
 ), both_rows AS (
     SELECT cp.class_name, xa.editor_key, xa.node_key, xa.direction, xa.image_key,
            xa.valid_prob AS effect_a, xb.valid_prob AS effect_b, xa.n_valid,
@@ -582,9 +583,9 @@ WITH args AS (
            avg((db.prob_edit - db.prob_baseline) - (da.prob_edit - da.prob_baseline)) AS diff,
            count(*) AS n_edits
     FROM args
-    JOIN edit_class_deltas_for((SELECT list(image_key) FROM differing)) da ON da.classifier_key = args.key_a
+    JOIN edit_class_deltas_for((SELECT coalesce(list(image_key), []::BIGINT[]) FROM differing)) da ON da.classifier_key = args.key_a
     JOIN class_pairs cp ON cp.index_a = da.class_index
-    JOIN edit_class_deltas_for((SELECT list(image_key) FROM differing)) db
+    JOIN edit_class_deltas_for((SELECT coalesce(list(image_key), []::BIGINT[]) FROM differing)) db
          ON db.classifier_key = args.key_b AND db.class_index = cp.index_b
         AND db.edit_key = da.edit_key AND db.node_key = da.node_key
     WHERE da.valid AND db.valid
@@ -623,7 +624,7 @@ WITH args AS (
            count(*) AS n_images, sum(p.n_edits) AS n_edits,
            avg(p.effect_a) AS mean_a, avg(p.effect_b) AS mean_b,
            avg(p.diff) AS mean_diff, stddev_samp(p.diff) AS sd_diff
-    FROM paired_image_effects(classifier_a, classifier_b) p, args
+    FROM paired_image_effects(classifier_a, classifier_b, only_class := target_class) p, args
     WHERE p.class_name = args.want_class AND p.class_name = args.want_class_b
       AND p.direction = args.want_direction
     GROUP BY ALL
