@@ -208,7 +208,11 @@ def search(db, text, k, class_name, classifier, image, kind, nodes, embedder, ca
         rows = lib.search(db, text=text, image=image, k=k, kind=kind, class_name=class_name,
                           classifier=classifier, embedder=embedder, cache_dir=cache_dir)
     columns = list(rows[0]) if rows else ["rank", "similarity", "node", "path"]
-    if fmt == "table":  # ids and paths make a table unreadable; json/csv keep every column
+    if fmt == "table" and kind == "image" and not nodes:
+        # an original image has no node, direction or edit: what identifies it is its id and file
+        columns = ["rank", "similarity", "image_id", "image_path"] + [c for c in ("class_name", "prob") if c in columns]
+        rows = [{**r, "image_id": (r.get("image_id") or "")[:12], "image_path": r.get("uri")} for r in rows]
+    elif fmt == "table":  # ids and paths make a table unreadable; json/csv keep every column
         columns = [c for c in columns if c not in ("edit_id", "image_id", "uri", "cache_path", "classifier_name")]
     _emit(columns, [[r.get(c) for c in columns] for r in rows], fmt)
 
