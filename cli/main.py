@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 
 import click
 
-from diffex.errors import DiffexError, UsageError
+from diffex.errors import DiffexError, DiffexWarning, UsageError
 
 from .output import FORMATS, format_rows, jsonable
 
@@ -23,10 +24,29 @@ class Failure(click.ClickException):
         self.exit_code = exit_code
 
 
+def _one_line_warnings(plain):
+    """A showwarning that prints diffex's own warnings (skipped files, an implausible taxonomy)
+    as one `Warning:` line on stderr and hands any other warning to `plain`."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DiffexWarning):
+            click.echo(f"Warning: {' '.join(str(message).split())}", err=True)
+        else:
+            plain(message, category, filename, lineno, file, line)
+
+    return show
+
+
 class DiffexGroup(click.Group):
     """Applies diffex's error policy to every command, whether run from the shell or a test."""
 
     def invoke(self, ctx: click.Context):
+        with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+            warnings.simplefilter("always", DiffexWarning)
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
