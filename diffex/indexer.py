@@ -18,7 +18,7 @@ from .editors import Editor, load_editor
 from .embed import TextTemplates, embed_nodes, ensure_embeddings, ensure_validity
 from .embedders import Embedder, load_embedder
 from .errors import DiffexError, UsageError
-from .images import load_images
+from .images import read_images
 from .store import Store
 from .taxonomy import load_taxonomy
 from .types import DIRECTIONS, Concept, Node, Taxonomy
@@ -29,6 +29,7 @@ class IndexStats:
     """What one index run did. `edits_reused` counts cached edits it needed and did not recompute."""
 
     images: int = 0
+    images_skipped: int = 0  # files in the folders/globs given that are not usable images (warned about)
     nodes_scored: int = 0
     edits_computed: int = 0
     edits_reused: int = 0
@@ -110,14 +111,16 @@ def run_index(
     bad = [d for d in directions if d not in DIRECTIONS]
     if bad or not directions:
         raise UsageError(f"unknown direction {bad[0] if bad else ''!r}; valid: {', '.join(DIRECTIONS)}")
+    # cheap inputs before models: a bad file fails in a second, not after loading a checkpoint
     tax = load_taxonomy(taxonomy)
+    read = read_images(images)
+    loaded = read.items
     clf = load_classifier(classifier)
     ed = load_editor(editor)
     targets = list(classes) if classes else list(clf.class_names)
     unknown = [c for c in targets if c not in clf.class_names]
     if unknown:
         raise DiffexError(f"unknown class {unknown[0]!r}; {clf.spec or clf.name} has: {', '.join(clf.class_names)}")
-    loaded = load_images(images)
     # a classifier that returns the wrong shape or NaN fails here, before anything is stored
     score_images(clf, [loaded[0][1]])
     pictures = {rec.image_id: im for rec, im in loaded}
@@ -128,7 +131,8 @@ def run_index(
     owns_store = not isinstance(db, Store)
     store = Store.open(db, cache_dir=cache_dir) if owns_store else db
     progress_bar = _progress_factory(progress)
-    stats = IndexStats(images=len(loaded), classifier_id=clf.classifier_id, editor_id=ed.editor_id, taxonomy_id=tax.taxonomy_id)
+    stats = IndexStats(images=len(loaded), images_skipped=len(read.skipped), classifier_id=clf.classifier_id,
+                       editor_id=ed.editor_id, taxonomy_id=tax.taxonomy_id)
     try:
         run_id = store.start_run("index", {
             "images": [str(i) for i in images], "taxonomy": tax.taxonomy_id, "classifier": clf.spec,
