@@ -117,6 +117,8 @@ def run_index(
     loaded = read.items
     clf = load_classifier(classifier)
     ed = load_editor(editor)
+    for rec, im in loaded:
+        ed.check_image(im, rec.uri)
     targets = list(classes) if classes else list(clf.class_names)
     unknown = [c for c in targets if c not in clf.class_names]
     if unknown:

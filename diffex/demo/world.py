@@ -448,11 +448,18 @@ def spec_from_image(image: Image.Image) -> FaceSpec | None:
         text = (getattr(image, "text", None) or {}).get(METADATA_KEY)
     if text is None:
         return None
-    data = json.loads(text)
-    if data.get("world_version") != WORLD_VERSION:
-        raise DiffexError(f"demo image drawn by world {data.get('world_version')!r}; "
+    try:
+        data = json.loads(text)
+        version = data.get("world_version")
+    except (ValueError, AttributeError):
+        raise DiffexError(f"the {METADATA_KEY} metadata of this image is damaged (not a JSON object)") from None
+    if version != WORLD_VERSION:
+        raise DiffexError(f"demo image drawn by world {version!r}; "
                           f"this diffex draws {WORLD_VERSION!r}: regenerate it with `diffex demo`")
-    spec = FaceSpec(seed=int(data["seed"]), attrs=dict(data["attrs"]), age=data["age"])
+    try:
+        spec = FaceSpec(seed=int(data["seed"]), attrs=dict(data["attrs"]), age=data["age"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DiffexError(f"the {METADATA_KEY} metadata of this image is damaged ({type(exc).__name__}: {exc})") from None
     _check_spec(spec)
     return spec
 

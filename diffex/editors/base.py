@@ -62,6 +62,10 @@ class Editor(ABC):
     def editor_id(self) -> str:
         return hash_json({"name": self.name, **self.config})[:32]
 
+    def check_image(self, image: Image.Image, where: str) -> None:
+        """Raise DiffexError if this editor cannot edit `image` (from `where`, a path for the
+        message). Called for every input before anything is stored; most editors take any image."""
+
     @abstractmethod
     def open(self, image: Image.Image, image_id: str, cache_dir: Path) -> EditSession:
         """Start editing one image. `cache_dir` is the store's content-addressed cache root,
