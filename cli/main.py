@@ -66,6 +66,10 @@ class DiffexGroup(click.Group):
                 # Ctrl-C that lands inside a DuckDB call surfaces as duckdb's InterruptException
                 # or as a RuntimeError("Query interrupted"), not as KeyboardInterrupt
                 raise Failure("interrupted: everything committed so far is kept; run the same command again to resume", 130) from None
+            from diffex.store import storage_error
+
+            if (failed := storage_error(exc)) is not None:  # disk full, file size limit, I/O error
+                raise Failure(str(failed), 1) from None
             if os.environ.get("DIFFEX_DEBUG"):
                 raise
             raise Failure(f"internal error {type(exc).__name__}: {exc} (set DIFFEX_DEBUG=1 for the traceback)", 1) from None

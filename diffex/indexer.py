@@ -19,7 +19,7 @@ from .embed import TextTemplates, embed_nodes, ensure_embeddings, ensure_validit
 from .embedders import Embedder, load_embedder
 from .errors import DiffexError, UsageError
 from .images import read_images
-from .store import Store
+from .store import Store, check_db_path
 from .taxonomy import load_taxonomy
 from .types import DIRECTIONS, Concept, Node, Taxonomy
 
@@ -111,6 +111,9 @@ def run_index(
     bad = [d for d in directions if d not in DIRECTIONS]
     if bad or not directions:
         raise UsageError(f"unknown direction {bad[0] if bad else ''!r}; valid: {', '.join(DIRECTIONS)}")
+    owns_store = not isinstance(db, Store)
+    if owns_store:
+        check_db_path(Path(db), read_only=False)  # a file as its folder, no permission: before any work
     # cheap inputs before models: a bad file fails in a second, not after loading a checkpoint
     tax = load_taxonomy(taxonomy)
     read = read_images(images)
@@ -130,7 +133,6 @@ def run_index(
     emb = load_embedder(embedder) if embedder is not None else None
     templates = text_templates or TextTemplates(domain=tax.domain)
 
-    owns_store = not isinstance(db, Store)
     store = Store.open(db, cache_dir=cache_dir) if owns_store else db
     progress_bar = _progress_factory(progress)
     stats = IndexStats(images=len(loaded), images_skipped=len(read.skipped), classifier_id=clf.classifier_id,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..indexer import run_index
-from ..store import Store
+from ..store import Store, check_db_path
 from .classifier import ground_truth
 from .world import write_dataset
 
@@ -53,6 +53,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Index the demo world (whole tree, beam 0) and return the ranking with the ground truth."""
     db = Path(db)
+    check_db_path(db, read_only=False)  # before writing images beside it
     version = classifier.split(":", 1)[1]
     truth = ground_truth()[version]
     inputs = prepare_inputs(db, n_images)
