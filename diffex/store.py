@@ -50,17 +50,18 @@ _check_path = check_db_path  # the name query.py imports
 
 
 def check_intact(con, path: Path) -> None:
-    """Refuse a file shorter than the blocks its header lists (a truncated copy or download):
-    reading it fails later mid-run, and writing would build on missing data."""
+    """Refuse a file too short to hold the blocks its header says are in use (a truncated copy
+    or download): reading it fails later, mid-run, and writing would build on missing data.
+    Only used blocks count: DuckDB itself cuts free blocks off the end of a file."""
     wal = Path(f"{path}.wal")
     if not path.is_file() or wal.exists():  # a WAL may hold blocks not yet in the file
         return
-    row = con.execute("SELECT block_size, total_blocks FROM pragma_database_size() "
+    row = con.execute("SELECT block_size, used_blocks FROM pragma_database_size() "
                       "WHERE database_name = current_database()").fetchone()
     expected = _HEADER_BYTES + int(row[0]) * int(row[1])
     size = path.stat().st_size
     if size < expected:
-        raise DiffexError(f"database {path} is damaged: {size} bytes, but its header lists {row[1]} blocks "
+        raise DiffexError(f"database {path} is damaged: {size} bytes, but its header lists {row[1]} blocks in use "
                           f"({expected} bytes); it was truncated, restore it from a copy")
 
 
