@@ -29,9 +29,10 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="diffex-bench-"))
     try:
-        images, taxonomy = prepare_inputs(work, args.images)
+        inputs = prepare_inputs(work / "demo.duckdb", args.images)
         t0 = time.perf_counter()
-        stats = run_index(work / "demo.duckdb", [str(images)], taxonomy, "demo:v1", "demo", beam=0, samples=2)
+        stats = run_index(work / "demo.duckdb", [str(p) for p in inputs.images], inputs.taxonomy, "demo:v1", "demo",
+                          beam=0, samples=2)
         recompute = time.perf_counter() - t0
         sql = "SELECT * FROM top_subtypes('old', 10)"
         times = []

@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 
 import click
 
-from diffex.errors import DiffexError, UsageError
+from diffex.errors import DiffexError, DiffexWarning, UsageError
 
 from .output import FORMATS, format_rows, jsonable
 
@@ -23,10 +24,29 @@ class Failure(click.ClickException):
         self.exit_code = exit_code
 
 
+def _one_line_warnings(plain):
+    """A showwarning that prints diffex's own warnings (skipped files, an implausible taxonomy)
+    as one `Warning:` line on stderr and hands any other warning to `plain`."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DiffexWarning):
+            click.echo(f"Warning: {' '.join(str(message).split())}", err=True)
+        else:
+            plain(message, category, filename, lineno, file, line)
+
+    return show
+
+
 class DiffexGroup(click.Group):
     """Applies diffex's error policy to every command, whether run from the shell or a test."""
 
     def invoke(self, ctx: click.Context):
+        with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+            warnings.simplefilter("always", DiffexWarning)
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
@@ -46,6 +66,10 @@ class DiffexGroup(click.Group):
                 # Ctrl-C that lands inside a DuckDB call surfaces as duckdb's InterruptException
                 # or as a RuntimeError("Query interrupted"), not as KeyboardInterrupt
                 raise Failure("interrupted: everything committed so far is kept; run the same command again to resume", 130) from None
+            from diffex.store import storage_error
+
+            if (failed := storage_error(exc)) is not None:  # disk full, file size limit, I/O error
+                raise Failure(str(failed), 1) from None
             if os.environ.get("DIFFEX_DEBUG"):
                 raise
             raise Failure(f"internal error {type(exc).__name__}: {exc} (set DIFFEX_DEBUG=1 for the traceback)", 1) from None
@@ -229,7 +253,11 @@ def search(db, text, k, class_name, classifier, image, kind, nodes, embedder, ca
         rows = lib.search(db, text=text, image=image, k=k, kind=kind, class_name=class_name,
                           classifier=classifier, embedder=embedder, cache_dir=cache_dir)
     columns = list(rows[0]) if rows else ["rank", "similarity", "node", "path"]
-    if fmt == "table":  # ids and paths make a table unreadable; json/csv keep every column
+    if fmt == "table" and kind == "image" and not nodes:
+        # an original image has no node, direction or edit: what identifies it is its id and file
+        columns = ["rank", "similarity", "image_id", "image_path"] + [c for c in ("class_name", "prob") if c in columns]
+        rows = [{**r, "image_id": (r.get("image_id") or "")[:12], "image_path": r.get("uri")} for r in rows]
+    elif fmt == "table":  # ids and paths make a table unreadable; json/csv keep every column
         columns = [c for c in columns if c not in ("edit_id", "image_id", "uri", "cache_path", "classifier_name")]
     _emit(columns, [[r.get(c) for c in columns] for r in rows], fmt)
 

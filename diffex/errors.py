@@ -7,3 +7,8 @@ class DiffexError(Exception):
 
 class UsageError(DiffexError):
     """Bad arguments (the CLI exits 2 for these)."""
+
+
+class DiffexWarning(UserWarning):
+    """Input diffex accepts but a person should look at (skipped files, an implausible taxonomy).
+    Emitted with `warnings.warn` before any work; the CLI prints each as one `Warning:` line."""

@@ -19,9 +19,9 @@ from .editors import Editor, load_editor
 from .embed import TextTemplates, embed_nodes, ensure_embeddings, ensure_validity
 from .embedders import Embedder, load_embedder
 from .errors import DiffexError, UsageError
-from .images import load_images
+from .images import read_images
 from .locks import index_run_lock
-from .store import Store
+from .store import Store, check_db_path
 from .taxonomy import load_taxonomy
 from .types import DIRECTIONS, Concept, Node, Taxonomy
 
@@ -31,6 +31,7 @@ class IndexStats:
     """What one index run did. `edits_reused` counts cached edits it needed and did not recompute."""
 
     images: int = 0
+    images_skipped: int = 0  # files in the folders/globs given that are not usable images (warned about)
     nodes_scored: int = 0
     edits_computed: int = 0
     edits_reused: int = 0
@@ -112,22 +113,28 @@ def run_index(
     bad = [d for d in directions if d not in DIRECTIONS]
     if bad or not directions:
         raise UsageError(f"unknown direction {bad[0] if bad else ''!r}; valid: {', '.join(DIRECTIONS)}")
+    owns_store = not isinstance(db, Store)
+    if owns_store:
+        check_db_path(Path(db), read_only=False)  # a file as its folder, no permission: before any work
+    # cheap inputs before models: a bad file fails in a second, not after loading a checkpoint
     tax = load_taxonomy(taxonomy)
+    read = read_images(images)
+    loaded = read.items
     clf = load_classifier(classifier)
     ed = load_editor(editor)
     emb = load_embedder(embedder) if embedder is not None else None
+    for rec, im in loaded:
+        ed.check_image(im, rec.uri)
     targets = list(classes) if classes else list(clf.class_names)
     unknown = [c for c in targets if c not in clf.class_names]
     if unknown:
         raise DiffexError(f"unknown class {unknown[0]!r}; {clf.spec or clf.name} has: {', '.join(clf.class_names)}")
-    loaded = load_images(images)
     # a classifier that returns the wrong shape or NaN fails here, before anything is stored
     score_images(clf, [loaded[0][1]])
     pictures = {rec.image_id: im for rec, im in loaded}
     image_ids = [rec.image_id for rec, _ in loaded]
     templates = text_templates or TextTemplates(domain=tax.domain)
 
-    owns_store = not isinstance(db, Store)
     # no database is created before the editor's model is known to load: a new one needs the
     # model for its first edits anyway; an existing one may need no edit (lazy load)
     ed.check(load=owns_store and not Path(db).exists())
@@ -140,7 +147,8 @@ def run_index(
         run_lock.__exit__(None, None, None)
         raise
     progress_bar = _progress_factory(progress)
-    stats = IndexStats(images=len(loaded), classifier_id=clf.classifier_id, editor_id=ed.editor_id, taxonomy_id=tax.taxonomy_id)
+    stats = IndexStats(images=len(loaded), images_skipped=len(read.skipped), classifier_id=clf.classifier_id,
+                       editor_id=ed.editor_id, taxonomy_id=tax.taxonomy_id)
     try:
         run_id = store.start_run("index", {
             "images": [str(i) for i in images], "taxonomy": tax.taxonomy_id, "classifier": clf.spec,

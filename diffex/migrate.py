@@ -79,5 +79,8 @@ def _in_transaction(con, sql: str) -> None:
         con.execute(sql)
         con.execute("COMMIT")
     except Exception:
-        con.execute("ROLLBACK")
+        try:
+            con.execute("ROLLBACK")
+        except Exception:
+            pass  # a failed COMMIT (disk full) leaves no transaction to roll back: report the failure itself
         raise

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import errno
 import functools
-import threading
-import types
 import json
+import os
+import threading
 import time
+import types
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -29,11 +31,66 @@ def default_cache_dir(db_path: Path) -> Path:
     return db_path.parent / f"{db_path.stem}-cache"
 
 
-def _check_path(path: Path, read_only: bool) -> None:
+def check_db_path(path: Path, read_only: bool) -> None:
+    """One-line errors for a database path that cannot work, before anything is created: a
+    directory, a missing file (reading), or (writing) a folder that is a file or not writable."""
     if path.is_dir():
         raise DiffexError(f"database path {path} is a directory; give a file such as {path / 'diffex.duckdb'}")
-    if read_only and not path.exists():
-        raise DiffexError(f"no database at {path} (run `diffex index` or `diffex demo` first)")
+    if read_only:
+        if not path.exists():
+            raise DiffexError(f"no database at {path} (run `diffex index` or `diffex demo` first)")
+        return
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the nearest existing ancestor: where the folders would be created
+    if not folder.is_dir():
+        raise DiffexError(f"cannot create database {path}: {folder} is a file, not a folder")
+    # DuckDB also writes `<db>.wal` beside the file, so the folder itself must be writable
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DiffexError(f"cannot write database {path}: no write permission in {folder}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise DiffexError(f"cannot write database {path}: the file is read-only")
+
+
+_check_path = check_db_path  # the name query.py imports
+
+
+def check_intact(con, path: Path) -> None:
+    """Refuse a file too short to hold the blocks its header says are in use (a truncated copy
+    or download): reading it fails later, mid-run, and writing would build on missing data.
+    Only used blocks count: DuckDB itself cuts free blocks off the end of a file."""
+    wal = Path(f"{path}.wal")
+    if not path.is_file() or wal.exists():  # a WAL may hold blocks not yet in the file
+        return
+    row = con.execute("SELECT block_size, used_blocks FROM pragma_database_size() "
+                      "WHERE database_name = current_database()").fetchone()
+    expected = _HEADER_BYTES + int(row[0]) * int(row[1])
+    size = path.stat().st_size
+    if size < expected:
+        raise DiffexError(f"database {path} is damaged: {size} bytes, but its header lists {row[1]} blocks in use "
+                          f"({expected} bytes); it was truncated, restore it from a copy")
+
+
+_HEADER_BYTES = 3 * 4096  # DuckDB's main header and its two database headers
+
+
+def storage_error(exc: BaseException) -> DiffexError | None:
+    """A one-line DiffexError for a failed database or cache write (disk full, file size limit,
+    I/O error), or None for anything else. DuckDB has committed or rolled back whole transactions,
+    so what was committed before is kept and the same command resumes."""
+    if isinstance(exc, (duckdb.IOException, duckdb.FatalException)) or (
+        isinstance(exc, duckdb.TransactionException) and "Failed to commit" in str(exc)
+    ):
+        detail = " ".join(str(exc).split())
+    elif isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+        detail = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc.strerror)
+    else:
+        return None
+    return DiffexError(f"storage failed: {detail}; everything committed before it is kept: fix the cause "
+                       "(disk space, permissions, a damaged file) and run the same command again to resume")
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 def connect(path: Path, read_only: bool, config: dict | None = None, retry_s: float = 0.0):
@@ -96,7 +153,7 @@ class Store:
     def open(cls, path: "str | Path", read_only: bool = False, cache_dir: "str | Path | None" = None,
              shared: bool | None = None) -> "Store":
         path = Path(path)
-        _check_path(path, read_only)
+        check_db_path(path, read_only)
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
         store = cls(None, path, read_only, Path(cache_dir) if cache_dir else None,
@@ -112,6 +169,7 @@ class Store:
         path, read_only, store = self.path, self.read_only, self
         with store.hold():
             con = store._con
+            check_intact(con, path)
             if read_only:
                 version = migrate.database_version(con)
                 migrate.check_readable(version)

@@ -13,10 +13,14 @@ Accepted shapes (JSON or YAML):
 Plain indented outlines (.txt, .md): one label per line, nested by indentation, optional
 `- `/`* `/`+ `/`1. ` bullets, Markdown `#` headings (in .md) as the upper levels,
 `label :: prompt` for a prompt, and an optional `domain: ...` line before the first label.
+
+With the envelope, its keys are the only valid top-level keys (a mistyped `"categorys"` is an
+error, not a group); a bare mapping may not use `domain` or `name` as group labels.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass, field
@@ -26,6 +30,8 @@ from typing import Any
 from .errors import DiffexError
 
 CHILD_KEYS = ("children", "subtypes")
+ENVELOPE_KEYS = ("categories", "domain", "name")
+MAX_DEPTH = 8  # levels below the top; deeper trees are refused (each level costs a beam step)
 SPEC_KEYS = {"label", "name", "prompt", "description", *CHILD_KEYS}
 OUTLINE_SUFFIXES = {".txt", ".md", ".markdown", ".outline"}
 YAML_SUFFIXES = {".yaml", ".yml"}
@@ -81,6 +87,8 @@ def _entry(label: Any, value: Any, path: tuple) -> Entry:
 
 def entries(value: Any, path: tuple = ()) -> list[Entry]:
     """The child entries that `value` (a list, an object, a string or nothing) describes."""
+    if len(path) > MAX_DEPTH:  # before recursing further: a 10,000-level file fails here, not in Python
+        raise DiffexError(f"taxonomy is deeper than {MAX_DEPTH} levels (the limit) at {_where(path)}")
     if value is None or value == {} or value == [] or value == "":
         return []
     if isinstance(value, dict):
@@ -103,10 +111,43 @@ def entries(value: Any, path: tuple = ()) -> list[Entry]:
     raise DiffexError(f"taxonomy entry under {_where(path)} is neither a list nor an object: {value!r}")
 
 
+def _check_envelope(data: dict) -> None:
+    """Top-level keys: with "categories", only the envelope's; without it, no envelope key and
+    nothing that looks like a mistyped one (it would silently become a group and be edited)."""
+    valid = ", ".join(ENVELOPE_KEYS)
+    keys = [k for k in data if isinstance(k, str)]
+    if "categories" in data:
+        unknown = [k for k in keys if k not in ENVELOPE_KEYS]
+        if unknown:
+            raise DiffexError(f"unknown top-level taxonomy key {unknown[0]!r}{_did_you_mean(unknown[0])}; "
+                              f"next to \"categories\" the valid keys are: {valid}")
+        return
+    for key in keys:
+        if (hint := _did_you_mean(key)):
+            raise DiffexError(f"unknown top-level taxonomy key {key!r}{hint}; valid keys: {valid} "
+                              "(or a bare mapping of groups, without any of them)")
+    meta = [k for k in keys if k in ENVELOPE_KEYS]
+    if meta:
+        raise DiffexError(f"taxonomy has a top-level {meta[0]!r} but no \"categories\": put the groups under "
+                          f"\"categories\" (valid keys: {valid}), or drop {meta[0]!r} for a bare mapping of groups")
+
+
+def _did_you_mean(key: str) -> str:
+    folded = key.strip().lower()
+    if folded in ENVELOPE_KEYS and key != folded:
+        return f" (did you mean {folded!r}?)"
+    if key in ENVELOPE_KEYS:
+        return ""
+    close = difflib.get_close_matches(folded, ENVELOPE_KEYS, n=1, cutoff=0.8)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def parse_nested(data: Any) -> ParsedTree:
     """Split the optional envelope (`domain`, `name`, `categories`) from the tree and read it."""
     name = domain = None
     tree = data
+    if isinstance(data, dict):
+        _check_envelope(data)
     if isinstance(data, dict) and "categories" in data:
         name, domain, tree = data.get("name"), data.get("domain"), data["categories"]
         for key, val in (("name", name), ("domain", domain)):
@@ -222,13 +263,16 @@ def read_file(path: Path, reject_duplicate_keys) -> ParsedTree:
     suffix = path.suffix.lower()
     if suffix in OUTLINE_SUFFIXES:
         return parse_outline(text, markdown=suffix in {".md", ".markdown"})
-    if suffix in YAML_SUFFIXES:
-        data = read_yaml(text, str(path))
-        if data is None:
-            raise DiffexError(f"taxonomy {path} is empty")
-        return parse_nested(data)
     try:
-        data = json.loads(text, object_pairs_hook=reject_duplicate_keys)
-    except json.JSONDecodeError as exc:
-        raise DiffexError(f"taxonomy {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    return parse_nested(data)
+        if suffix in YAML_SUFFIXES:
+            data = read_yaml(text, str(path))
+            if data is None:
+                raise DiffexError(f"taxonomy {path} is empty")
+            return parse_nested(data)
+        try:
+            data = json.loads(text, object_pairs_hook=reject_duplicate_keys)
+        except json.JSONDecodeError as exc:
+            raise DiffexError(f"taxonomy {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        return parse_nested(data)
+    except RecursionError:  # the JSON or YAML parser itself, on thousands of nested brackets
+        raise DiffexError(f"taxonomy {path} is nested too deeply to read (the limit is {MAX_DEPTH} levels)") from None

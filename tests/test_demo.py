@@ -51,3 +51,31 @@ def test_demo_text_output_names_the_ground_truth(tmp_path, cli_run):
     assert result.exit_code == 0, result.output
     assert "Planted dependency (ground truth): goatee" in result.output
     assert "top_subtypes('old', 10)" in result.output
+
+
+def test_each_demo_store_keeps_its_own_images(tmp_path):
+    """Issue 9: `diffex demo --db data/other.duckdb --images 8` deleted images data/demo.duckdb
+    still pointed at. Each store now has `<db stem>-images/` and files are only ever added."""
+    from pathlib import Path
+
+    from diffex.demo.run import run_demo
+
+    a, b = tmp_path / "demo.duckdb", tmp_path / "other.duckdb"
+    first = run_demo(a, n_images=4, samples=1, embedder=None)
+    uris = [r[0] for r in run_query(a, "SELECT uri FROM images ORDER BY uri").rows]
+    assert first["images"] == str(tmp_path / "demo-images") and len(uris) == 4
+    assert {Path(u).parent for u in uris} == {tmp_path / "demo-images"}
+    pixels = {u: Path(u).read_bytes() for u in uris}
+
+    second = run_demo(b, n_images=2, samples=1, embedder=None)
+    assert second["images"] == str(tmp_path / "other-images") and second["taxonomy"] == str(tmp_path / "other-taxonomy.json")
+    assert {Path(r[0]).parent for r in run_query(b, "SELECT uri FROM images").rows} == {tmp_path / "other-images"}
+    again = run_demo(a, n_images=2, samples=1, embedder=None)  # fewer images into the same store: nothing removed
+    assert again["stats"]["edits_computed"] == 0 and again["stats"]["images"] == 2
+
+    assert {u: Path(u).read_bytes() for u in uris} == pixels  # every file of the first store, unchanged
+    for uri in uris:  # and the first store still answers about each of its images by path
+        rows = run_query(a, "SELECT node FROM image_explanation($p, 'old')", {"p": uri}).rows
+        assert len(rows) > 10
+    top = run_query(a, "SELECT node FROM top_subtypes('old', 3, classifier := 'demo:v1')").rows
+    assert [r[0] for r in top] == first["top"][:3]

@@ -106,3 +106,20 @@ def test_search_command_prints_rows_with_node_and_delta(demo_db, cli_run):
     assert table.exit_code == 0 and len(table.output.strip().splitlines()) == 2 + 3
     bad = cli_run("search", "--db", db, "a face", "--class", "purple")
     assert bad.exit_code == 1 and "unknown class" in bad.output
+
+
+def test_image_search_table_names_each_image(demo_db, cli_run):
+    """Issue 9: `diffex search --kind image` printed no image id or path in its table."""
+    db, _ = demo_db
+    result = cli_run("search", "--db", db, "a face with a top hat", "--kind", "image", "--k", "3", "--class", "old")
+    assert result.exit_code == 0, result.output
+    header, rule, *lines = result.output.strip().splitlines()
+    assert header.split() == ["rank", "similarity", "image_id", "image_path", "class_name", "prob"]
+    full = json.loads(cli_run("search", "--db", db, "a face with a top hat", "--kind", "image", "--k", "3",
+                              "--class", "old", "--format", "json").output)
+    assert len(lines) == 3 == len(full)
+    for line, row in zip(lines, full):
+        cells = line.split()
+        assert cells[2] == row["image_id"][:12] and cells[3] == row["uri"] and Path(cells[3]).is_file()
+    plain = cli_run("search", "--db", db, "a face", "--kind", "image", "--k", "2")
+    assert plain.output.splitlines()[0].split() == ["rank", "similarity", "image_id", "image_path"]

@@ -56,7 +56,16 @@ def score_images(classifier: Classifier, images: Sequence[Image.Image]) -> tuple
     out_logits = []
     for start in range(0, len(images), max(1, classifier.batch_size)):
         batch = list(images[start : start + classifier.batch_size])
-        raw = classifier.logits(batch)
+        try:
+            raw = classifier.logits(batch)
+        except DiffexError:
+            raise
+        except Exception as exc:  # the user's model failed: say so, not "internal error"
+            detail = " ".join(str(exc).split())[:300] or "(no message)"
+            raise DiffexError(
+                f"classifier {classifier.spec or classifier.name!r} failed on a batch of {len(batch)} images: "
+                f"{type(exc).__name__}: {detail}; scores committed so far are kept, the same command resumes"
+            ) from None
         if hasattr(raw, "detach"):
             raw = raw.detach().float().cpu().numpy()
         arr = np.asarray(raw, dtype=np.float64)
@@ -66,7 +75,9 @@ def score_images(classifier: Classifier, images: Sequence[Image.Image]) -> tuple
                 f"expected ({len(batch)}, {n_classes}) for {len(batch)} images and {n_classes} classes"
             )
         if not np.all(np.isfinite(arr)):
-            raise DiffexError(f"classifier {classifier.spec or classifier.name!r} returned NaN or infinite logits")
+            bad = int((~np.isfinite(arr)).any(axis=1).sum())
+            raise DiffexError(f"classifier {classifier.spec or classifier.name!r} returned NaN or infinite logits "
+                              f"for {bad} of {len(batch)} images")
         out_logits.append(arr)
     logits = np.concatenate(out_logits) if out_logits else np.zeros((0, n_classes))
     shifted = logits - logits.max(axis=1, keepdims=True)

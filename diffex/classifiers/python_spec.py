@@ -66,7 +66,14 @@ class PythonClassifier(LoadedClassifier):
             self._id = hash_json({"source": sha256_bytes(source_bytes or name.encode()), **extra})[:32]
 
     def logits(self, images: Sequence):
-        return self.obj.logits(list(images))
+        out = self.obj.logits(list(images))
+        # scores are stored by class index: a model whose class list moves would mislabel them
+        now = getattr(self.obj, "class_names", None)
+        if now is None or tuple(now) != self._names:
+            raise DiffexError(f"classifier {self.name!r} changed its class_names between calls "
+                              f"(was {', '.join(self._names)}; now {', '.join(map(str, now or []))}); "
+                              "they must stay fixed, they index the stored scores")
+        return out
 
 
 def from_spec(rest: str) -> PythonClassifier:

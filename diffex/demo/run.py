@@ -3,12 +3,15 @@ rank what moves it, next to the ground truth the classifier was trained with."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..indexer import run_index
-from ..store import Store
+from ..store import Store, check_db_path
 from .classifier import ground_truth
 from .world import write_dataset
 
@@ -17,16 +20,26 @@ from .world import write_dataset
 DEMO_SEED = 100_000
 
 
-def prepare_inputs(data_dir: Path, n_images: int) -> tuple[Path, Path]:
-    """Write the demo images and taxonomy under `data_dir`; returns (images folder, taxonomy file)."""
-    images_dir = data_dir / "demo-images"
-    wanted = {p.name for p in write_dataset(images_dir, n_images, start_seed=DEMO_SEED)}
-    for stale in images_dir.glob("face_*.png"):
-        if stale.name not in wanted:  # left by an earlier run with more images
-            stale.unlink()
-    taxonomy = data_dir / "demo-taxonomy.json"
-    shutil.copyfile(Path(__file__).with_name("taxonomy.json"), taxonomy)
-    return images_dir, taxonomy
+@dataclass(frozen=True)
+class DemoInputs:
+    images_dir: Path  # `<db stem>-images/` beside the db: this store's own folder
+    images: tuple[Path, ...]  # the files this run indexes (the folder may hold more from earlier runs)
+    taxonomy: Path
+
+
+def prepare_inputs(db: "str | Path", n_images: int) -> DemoInputs:
+    """Write the demo images and taxonomy beside `db`, in files of its own: `data/demo.duckdb`
+    gets `data/demo-images/` and `data/demo-taxonomy.json`. Files are only added or rewritten
+    (atomically, with the same pixels), never deleted: the store, and any copy of it, points at them."""
+    db = Path(db)
+    images_dir = db.parent / f"{db.stem}-images"
+    images = tuple(write_dataset(images_dir, n_images, start_seed=DEMO_SEED))
+    taxonomy = db.parent / f"{db.stem}-taxonomy.json"
+    fd, tmp = tempfile.mkstemp(dir=db.parent, prefix=f".{taxonomy.name}.", suffix=".tmp")
+    os.close(fd)
+    shutil.copyfile(Path(__file__).with_name("taxonomy.json"), tmp)
+    os.replace(tmp, taxonomy)
+    return DemoInputs(images_dir, images, taxonomy)
 
 
 def run_demo(
@@ -40,10 +53,11 @@ def run_demo(
 ) -> dict[str, Any]:
     """Index the demo world (whole tree, beam 0) and return the ranking with the ground truth."""
     db = Path(db)
+    check_db_path(db, read_only=False)  # before writing images beside it
     version = classifier.split(":", 1)[1]
     truth = ground_truth()[version]
-    images_dir, taxonomy = prepare_inputs(db.parent, n_images)
-    stats = run_index(db, [str(images_dir)], taxonomy, classifier, "demo", beam=0, samples=samples,
+    inputs = prepare_inputs(db, n_images)
+    stats = run_index(db, [str(p) for p in inputs.images], inputs.taxonomy, classifier, "demo", beam=0, samples=samples,
                       classes=[truth["class"]], progress=progress,
                       # the shipped demo CLIP: vectors for `diffex search`, and edit validity
                       **{"embedder": "demo", **index_options})
@@ -51,8 +65,8 @@ def run_demo(
         rows = store.top_subtypes(truth["class"], k=k, classifier=stats.classifier_id)
     return {
         "db": str(db),
-        "images": str(images_dir),
-        "taxonomy": str(taxonomy),
+        "images": str(inputs.images_dir),
+        "taxonomy": str(inputs.taxonomy),
         "classifier": classifier,
         "class": truth["class"],
         "planted": list(truth["planted"]),

@@ -9,8 +9,10 @@ position, size and colours, so changing one attribute and re-rendering changes n
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
@@ -446,18 +448,36 @@ def spec_from_image(image: Image.Image) -> FaceSpec | None:
         text = (getattr(image, "text", None) or {}).get(METADATA_KEY)
     if text is None:
         return None
-    data = json.loads(text)
-    if data.get("world_version") != WORLD_VERSION:
-        raise DiffexError(f"demo image drawn by world {data.get('world_version')!r}; "
+    try:
+        data = json.loads(text)
+        version = data.get("world_version")
+    except (ValueError, AttributeError):
+        raise DiffexError(f"the {METADATA_KEY} metadata of this image is damaged (not a JSON object)") from None
+    if version != WORLD_VERSION:
+        raise DiffexError(f"demo image drawn by world {version!r}; "
                           f"this diffex draws {WORLD_VERSION!r}: regenerate it with `diffex demo`")
-    spec = FaceSpec(seed=int(data["seed"]), attrs=dict(data["attrs"]), age=data["age"])
+    try:
+        spec = FaceSpec(seed=int(data["seed"]), attrs=dict(data["attrs"]), age=data["age"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DiffexError(f"the {METADATA_KEY} metadata of this image is damaged ({type(exc).__name__}: {exc})") from None
     _check_spec(spec)
     return spec
 
 
 def write_dataset(folder, n: int, start_seed: int = 0) -> list[Path]:
-    """Render faces for seeds start_seed..start_seed+n-1 to `folder/face_{seed:05d}.png`."""
+    """Render faces for seeds start_seed..start_seed+n-1 to `folder/face_{seed:05d}.png`. Each
+    file is written under a temporary name and renamed, so a reader never sees half a PNG."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return [save_png(sample_spec(seed), folder / f"face_{seed:05d}.png")
-            for seed in range(start_seed, start_seed + n)]
+    out = []
+    for seed in range(start_seed, start_seed + n):
+        path = folder / f"face_{seed:05d}.png"
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.stem}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_png(sample_spec(seed), Path(tmp)).replace(path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        out.append(path)
+    return out

@@ -67,6 +67,10 @@ class Editor(ABC):
         store is created. `load=True` also loads what backends otherwise load lazily."""
         _ = self.editor_id
 
+    def check_image(self, image: Image.Image, where: str) -> None:
+        """Raise DiffexError if this editor cannot edit `image` (from `where`, a path for the
+        message). Called for every input before anything is stored; most editors take any image."""
+
     @abstractmethod
     def open(self, image: Image.Image, image_id: str, cache_dir: Path) -> EditSession:
         """Start editing one image. `cache_dir` is the store's content-addressed cache root,

@@ -63,14 +63,20 @@ class DemoEditor(Editor):
         # "sampling" names the sub-type draw rule: changing it changes pixels, so it is keyed
         return {"world_version": WORLD_VERSION, "size": 64, "sampling": "image-seed-prompt"}
 
+    def check_image(self, image: Image.Image, where: str) -> None:
+        self._spec(image, where)
+
     def open(self, image: Image.Image, image_id: str, cache_dir: Path) -> DemoSession:
         """Raises DiffexError if `image` has no embedded demo spec."""
+        return DemoSession(self._spec(image, getattr(image, "filename", "") or f"image {image_id[:12]}"))
+
+    @staticmethod
+    def _spec(image: Image.Image, where: str) -> FaceSpec:
         spec = spec_from_image(image)
         if spec is None:
-            where = getattr(image, "filename", "") or f"image {image_id[:12]}"
             raise DiffexError(f"the demo editor only edits demo-world images (no diffex-demo metadata in {where}); "
                               "make some with `diffex demo`, or use a diffusion editor such as `ledits:MODEL`")
-        return DemoSession(spec)
+        return spec
 
 
 def from_spec(rest: str) -> DemoEditor:
