@@ -549,11 +549,11 @@ def test_disk_full_during_a_commit_keeps_what_was_committed_and_resumes(inputs, 
             *IDX, "--json"]
     real_add_edits, calls = Store.add_edits, []
 
-    def add_edits_until_the_disk_fills(self, records):
+    def add_edits_until_the_disk_fills(self, records, **kwargs):
         calls.append(len(records))
         if len(calls) == 3:
             raise duckdb.IOException('IO Error: Could not write file "full.duckdb.wal": No space left on device')
-        return real_add_edits(self, records)
+        return real_add_edits(self, records, **kwargs)
 
     monkeypatch.setattr(Store, "add_edits", add_edits_until_the_disk_fills)
     one_line_error(cli_run(*args), 1, "storage failed: IO Error: Could not write file \"full.duckdb.wal\": "
