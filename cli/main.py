@@ -294,6 +294,38 @@ def migrate(db) -> None:
         click.echo(f"{store.path}: schema version {store.info()['schema_version']}")
 
 
+@cli.command(short_help="Check DB against its cache and derived data; --repair fixes what it can.")
+@db_option
+@click.option("--repair", is_flag=True,
+              help="Delete corrupt and unreferenced cache files, rebuild stale vector indexes and drifting effect tables.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Image cache (default: <db stem>-cache beside the db).")
+@click.option("--no-pixels", is_flag=True, help="Only check that cached images exist; do not decode and hash them.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.pass_context
+def verify(ctx, db, repair, cache_dir, no_pixels, as_json) -> None:
+    """Check DB against its cache folder and derived data, and repair what can be recomputed.
+
+    Checks: rows pointing at missing rows; cached edit images missing or with other pixels
+    than their hash; cache files nothing points at; stale FAISS indexes; effect tables that
+    differ from a recomputation. Without --repair nothing is written. Exit status 0: healthy
+    (after --repair: healthy now), 1: problems remain. Missing cached images are recomputed
+    by the next `diffex index` with the same arguments.
+    """
+    from diffex.verify import verify_store
+
+    report = verify_store(db, repair=repair, cache_dir=cache_dir, check_pixels=not no_pixels)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        cols = ["check", "status", "count", "detail"]
+        _emit(cols, [[c.check, c.status, c.count, c.detail] for c in report.checks], "table")
+        for c in report.checks:
+            if c.examples and c.status != "ok":
+                click.echo(f"  {c.check}: {', '.join(c.examples)}")
+        click.echo(f"\n{report.db}: " + ("healthy" if report.healthy else
+                   f"{sum(not c.healthy for c in report.checks)} checks with problems left"))
+    ctx.exit(0 if report.healthy else 1)
+
 from .taxonomy_cmds import taxonomy  # noqa: E402 (a command group in its own file)
 
 cli.add_command(taxonomy)

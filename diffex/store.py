@@ -888,6 +888,45 @@ class Store:
         }
 
 
+    # ------------------------------------------------------------------ reads for `diffex verify` (diffex/verify.py)
+    def edit_files(self) -> list[dict]:
+        """Every edit's edit_id, status, output_sha256 and cache_path, by edit id."""
+        return self._rows("SELECT edit_id, status, output_sha256, cache_path FROM edits ORDER BY edit_id")
+
+    def image_and_editor_ids(self) -> tuple[set[str], set[str]]:
+        """The ids of every stored image and editor."""
+        images = {r[0] for r in self.con.execute("SELECT image_id FROM images").fetchall()}
+        editors = {r[0] for r in self.con.execute("SELECT editor_id FROM editors").fetchall()}
+        return images, editors
+
+    def dangling_rows(self, examples: int = 3) -> dict[str, dict]:
+        """Rows that point at a row that is not there (diffex itself never writes them):
+        {what: {"count": n, "examples": [up to `examples` descriptions]}} for edits whose image
+        or editor is missing, item scores whose item (image or edit) or classifier is missing,
+        and edit links whose edit or node is missing."""
+        checks = {
+            "edits_without_image": """SELECT e.edit_id AS x FROM edits e LEFT JOIN images i ON i.image_key = e.image_key
+                                      WHERE i.image_key IS NULL OR i.image_id <> e.image_id""",
+            "edits_without_editor": """SELECT e.edit_id AS x FROM edits e LEFT JOIN editors d ON d.editor_key = e.editor_key
+                                       WHERE d.editor_key IS NULL OR d.editor_id <> e.editor_id""",
+            "scores_without_item": """SELECT 'item_key ' || s.item_key AS x FROM item_scores s
+                                      WHERE NOT EXISTS (SELECT 1 FROM images i WHERE i.image_key = s.item_key)
+                                        AND NOT EXISTS (SELECT 1 FROM edits e WHERE e.edit_key = s.item_key)""",
+            "scores_without_classifier": """SELECT 'classifier_key ' || s.classifier_key AS x FROM item_scores s
+                                            WHERE NOT EXISTS (SELECT 1 FROM classifiers k WHERE k.classifier_key = s.classifier_key)""",
+            "links_without_edit": """SELECT 'edit_key ' || l.edit_key AS x FROM edit_links l
+                                     WHERE NOT EXISTS (SELECT 1 FROM edits e WHERE e.edit_key = l.edit_key)""",
+            "links_without_node": """SELECT 'node_key ' || l.node_key AS x FROM edit_links l
+                                     WHERE NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_key = l.node_key)""",
+        }
+        out = {}
+        for what, sql in checks.items():  # sql from the fixed dict above
+            n, first = self.con.execute(f"SELECT count(*), list(DISTINCT x ORDER BY x)[1:?] FROM ({sql})",
+                                        [int(examples)]).fetchone()
+            out[what] = {"count": int(n), "examples": list(first or [])}
+        return out
+
+
 # Every public method runs under hold(): in shared mode the file is open only while it runs.
 for _name, _fn in list(vars(Store).items()):
     if isinstance(_fn, types.FunctionType) and not _name.startswith("_") and _name not in ("hold", "release", "close", "transaction"):

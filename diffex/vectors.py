@@ -62,20 +62,12 @@ class VectorIndex:
         rebuilt or extended as needed (and saved when the folder is writable)."""
         import faiss
 
-        emb = [r for r in store.embedders() if r["embedder_id"] == embedder_id]
-        if not emb:
-            raise DiffexError(f"embedder {embedder_id[:12]} has no vectors in {store.path}")
-        dim = int(emb[0]["dim"])
-        folder = Path(folder) if folder else vector_dir(store)
-        path = folder / f"{embedder_id}.faiss"
+        dim = _dim(store, embedder_id)
+        path = index_path(store, embedder_id, folder)
         count, checksum = store.embedding_fingerprint(embedder_id, KINDS)
         side = _read_sidecar(path.with_suffix(".json"))
         index = _read_index(path) if side else None
-        usable = (
-            side is not None and index is not None and side.get("format") == FORMAT
-            and side.get("embedder_id") == embedder_id and side.get("dim") == dim and index.d == dim
-            and index.ntotal == len(side.get("item_ids", [])) == side.get("count")
-        )
+        usable = _usable(side, index, embedder_id, dim)
         if usable and (side["count"], side["checksum"]) == (count, checksum):
             return cls(embedder_id, dim, index, list(side["item_ids"]), "fresh", path)
         if usable and side["count"] < count and \
@@ -124,6 +116,45 @@ class VectorIndex:
         sims, fids = self.index.search(q, min(int(k), len(self)))
         by_fid = {faiss_id(i): i for i in self.item_ids}
         return [(by_fid[int(f)], float(s)) for s, f in zip(sims[0], fids[0]) if f != -1]
+
+
+def index_path(store: Store, embedder_id: str, folder: "str | Path | None" = None) -> Path:
+    """Where the index of `embedder_id` lives; its sidecar is the same path with `.json`."""
+    return (Path(folder) if folder else vector_dir(store)) / f"{embedder_id}.faiss"
+
+
+def index_status(store: Store, embedder_id: str, folder: "str | Path | None" = None) -> str:
+    """What `VectorIndex.open` would find, without building or writing anything: 'ok' (the
+    file matches the database), 'missing' (never built: the first search builds it) or
+    'stale' (unreadable, from another model, or out of line with the database: open would
+    rebuild or extend it). Raises DiffexError for an embedder the store does not have."""
+    dim = _dim(store, embedder_id)
+    path = index_path(store, embedder_id, folder)
+    side_path = path.with_suffix(".json")
+    if not path.exists() and not side_path.exists():
+        return "missing"
+    side = _read_sidecar(side_path)
+    index = _read_index(path) if side else None
+    if not _usable(side, index, embedder_id, dim):
+        return "stale"
+    fresh = (side["count"], side["checksum"]) == store.embedding_fingerprint(embedder_id, KINDS)
+    return "ok" if fresh else "stale"
+
+
+def _dim(store: Store, embedder_id: str) -> int:
+    emb = [r for r in store.embedders() if r["embedder_id"] == embedder_id]
+    if not emb:
+        raise DiffexError(f"embedder {embedder_id[:12]} has no vectors in {store.path}")
+    return int(emb[0]["dim"])
+
+
+def _usable(side: dict | None, index, embedder_id: str, dim: int) -> bool:
+    """The sidecar and the FAISS file are whole, of this model, and agree with each other."""
+    return (
+        side is not None and index is not None and side.get("format") == FORMAT
+        and side.get("embedder_id") == embedder_id and side.get("dim") == dim and index.d == dim
+        and index.ntotal == len(side.get("item_ids", [])) == side.get("count")
+    )
 
 
 def _add(index, ids: Sequence[str], matrix: np.ndarray, existing: Sequence[str] = ()) -> None:

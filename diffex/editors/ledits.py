@@ -86,6 +86,16 @@ DTYPES = ("float16", "bfloat16", "float32")
 # The reconstruction (null edit) is taken from the inversion of this seed; samples 0..k-1
 # of the indexer share that inversion, so the baseline costs no extra inversion.
 RECONSTRUCT_SEED = 0
+# Inversions live in <cache>/inversions/ab/<inversion_key>.safetensors (+ .json sidecar).
+INVERSIONS = "inversions"
+
+
+def inversion_key(image_id: str, editor_id: str, seed: int) -> str:
+    """Cache key of one image's inversion by one editor for one seed (`diffex verify` checks
+    cached inversions against the store with it)."""
+    return hash_json({"image": image_id, "editor": editor_id, "seed": int(seed)})[:32]
+
+
 # Weight and config files whose bytes define a local model's identity.
 _IDENTITY_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
 
@@ -607,11 +617,11 @@ class LeditsSession(EditSession):
 
     # ----- inversion cache -------------------------------------------------------------
     def inversion_key(self, seed: int) -> str:
-        return hash_json({"image": self.image_id, "editor": self.editor.editor_id, "seed": int(seed)})[:32]
+        return inversion_key(self.image_id, self.editor.editor_id, seed)
 
     def inversion_path(self, seed: int) -> Path:
         key = self.inversion_key(seed)
-        return self.cache_dir / "inversions" / key[:2] / f"{key}.safetensors"
+        return self.cache_dir / INVERSIONS / key[:2] / f"{key}.safetensors"
 
     def cached_inversion(self, seed: int) -> tuple[dict, dict] | None:
         """This image's inversion for `seed` from memory or the on-disk cache, else None."""
