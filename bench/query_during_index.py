@@ -41,8 +41,9 @@ def main() -> None:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        images, taxonomy = prepare_inputs(Path(tmp), args.images)
         db = Path(tmp) / "demo.duckdb"
+        made = prepare_inputs(db, args.images)
+        images, taxonomy = made.images_dir, made.taxonomy
         cmd = [sys.executable, "-m", "diffex.cli.main", "index", "--db", str(db), "--images", str(images),
                "--taxonomy", str(taxonomy), "--classifier", "demo:v1", "--editor", "demo", "--beam", "0",
                "--samples", "2", "--embedder", "demo", "--json"]

@@ -16,12 +16,15 @@ a row limit that fetches at most limit + 1 rows, so a huge result never material
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
 import shutil
 import tempfile
 import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -135,25 +138,9 @@ def run_query(
     if memory_limit is not None:
         _check_memory_limit(memory_limit)
 
-    # 2. open the sandbox: the bounds go in before the configuration is locked
-    spill = tempfile.mkdtemp(prefix="diffex-query-")
-    config = {**SANDBOX, "temp_directory": spill,
-              "max_temp_directory_size": f"{max(shutil.disk_usage(spill).free // 4, 1)}B"}
-    if memory_limit is not None:
-        config["memory_limit"] = memory_limit.strip()
-    if threads is not None:
-        config["threads"] = threads
-    # the file is shared with an index run: wait for its commit to end, then read (docs/store.md)
-    locks = FileLocks(path)
-    try:
-        locks.acquire(exclusive=False)
-        con = connect(path, read_only=True, config=config, retry_s=5.0)
-    except BaseException:
-        locks.release()
-        locks.close()
-        shutil.rmtree(spill, ignore_errors=True)
-        raise
-    try:
+    # 2. the sandbox: a warm connection of this process with these bounds, else a new one
+    #    (the bounds go in before the configuration is locked)
+    with _POOL.connection(path, memory_limit, threads) as con:
         migrate.check_readable(migrate.database_version(con))
         # 3. refuse anything but one read statement, before it runs
         check_statement(con, sql)
@@ -179,13 +166,120 @@ def run_query(
                 if deadline.fired:  # whatever the interrupt surfaced as, the deadline is the cause
                     raise DiffexError(f"query stopped after {timeout:g} s (--timeout)") from None
                 raise DiffexError(f"query failed: {_first_line(exc)}") from None
-        truncated = bool(limit) and len(rows) > limit
-        return QueryResult(columns, rows[:limit] if truncated else rows, truncated)
-    finally:
-        con.close()
-        locks.release()
-        locks.close()
-        shutil.rmtree(spill, ignore_errors=True)
+    truncated = bool(limit) and len(rows) > limit
+    return QueryResult(columns, rows[:limit] if truncated else rows, truncated)
+
+
+class _Pool:
+    """Warm sandboxed read-only connections, one per (file, bounds), kept between queries of
+    one process (a notebook, a CI step asking many questions): opening a large store costs
+    tens of milliseconds, often more than the question. A kept connection holds the file's
+    shared lock, so it is closed the moment another process queues for the file (an index
+    run's commit: a watchdog checks every 20 ms), after IDLE_S unused, and before a Store of
+    this process opens the same file with another configuration (DuckDB refuses two)."""
+
+    IDLE_S = 2.0
+
+    def __init__(self):
+        self._lock = threading.RLock()
+        self._entries: dict[tuple, dict] = {}
+        self._watchdog: threading.Thread | None = None
+
+    @contextmanager
+    def connection(self, path: Path, memory_limit: str | None, threads: int | None):
+        key = (str(path.resolve()), memory_limit, threads)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry["busy"]:  # another thread is asking: a cursor of its own
+                cursor = entry["con"].cursor()
+            else:
+                cursor = None
+                if entry is None:
+                    self.evict(path)  # DuckDB allows one configuration per file and process
+                    entry = self._entries[key] = self._open(path, memory_limit, threads)
+                entry["busy"] = True
+        if cursor is not None:
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+            return
+        try:
+            yield entry["con"]
+        except BaseException:
+            with self._lock:
+                self._close(key)  # after an error or an interrupt, start clean next time
+            raise
+        finally:
+            with self._lock:
+                if key in self._entries:
+                    entry["busy"] = False
+                    entry["used"] = time.monotonic()
+        self._start_watchdog()
+
+    def _open(self, path: Path, memory_limit: str | None, threads: int | None) -> dict:
+        spill = tempfile.mkdtemp(prefix="diffex-query-")
+        config = {**SANDBOX, "temp_directory": spill,
+                  "max_temp_directory_size": f"{max(shutil.disk_usage(spill).free // 4, 1)}B"}
+        if memory_limit is not None:
+            config["memory_limit"] = memory_limit.strip()
+        if threads is not None:
+            config["threads"] = threads
+        # the file is shared with an index run: wait for its commit to end, then read (docs/store.md)
+        locks = FileLocks(path)
+        try:
+            locks.acquire(exclusive=False)
+            con = connect(path, read_only=True, config=config, retry_s=5.0)
+        except BaseException:
+            locks.release()
+            locks.close()
+            shutil.rmtree(spill, ignore_errors=True)
+            raise
+        return {"con": con, "locks": locks, "spill": spill, "busy": False, "used": time.monotonic()}
+
+    def _close(self, key) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            try:
+                entry["con"].close()
+            finally:
+                entry["locks"].release()
+                entry["locks"].close()
+                shutil.rmtree(entry["spill"], ignore_errors=True)
+
+    def evict(self, path: "str | Path") -> None:
+        """Close this process's idle warm connections to `path` (a Store is about to open it)."""
+        resolved = str(Path(path).resolve())
+        with self._lock:
+            for key in [k for k, e in self._entries.items() if k[0] == resolved and not e["busy"]]:
+                self._close(key)
+
+    def close_all(self) -> None:
+        with self._lock:
+            for key in list(self._entries):
+                self._close(key)
+
+    def _start_watchdog(self) -> None:
+        with self._lock:
+            if self._watchdog is None or not self._watchdog.is_alive():
+                self._watchdog = threading.Thread(target=self._watch, name="diffex-query-pool", daemon=True)
+                self._watchdog.start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(0.02)
+            with self._lock:
+                if not self._entries:
+                    self._watchdog = None
+                    return
+                now = time.monotonic()
+                for key, entry in list(self._entries.items()):
+                    if not entry["busy"] and (now - entry["used"] > self.IDLE_S or entry["locks"].someone_waiting()):
+                        self._close(key)
+
+
+_POOL = _Pool()
+atexit.register(_POOL.close_all)
 
 
 def check_statement(con: "duckdb.DuckDBPyConnection", sql: str) -> None:

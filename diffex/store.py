@@ -191,6 +191,9 @@ class Store:
     def con(self):
         """The DuckDB connection, opened on demand (shared mode) under the file locks."""
         if self._con is None:
+            from .query import _POOL  # (query imports store)
+
+            _POOL.evict(self.path)  # this process's warm query connection would refuse our config
             self._locks.acquire(exclusive=not self.read_only)
             try:
                 self._con = connect(self.path, self.read_only, retry_s=5.0)

@@ -28,7 +28,8 @@ def _index_cmd(db: Path, images: Path, taxonomy: Path, *extra: str) -> list[str]
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    return prepare_inputs(tmp_path_factory.mktemp("demo-inputs"), 8)
+    made = prepare_inputs(tmp_path_factory.mktemp("demo-inputs") / "demo.duckdb", 8)
+    return made.images_dir, made.taxonomy
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
