@@ -41,6 +41,38 @@ FROM {{rows}}
 GROUP BY {", ".join(_KEY)}"""
 
 
+# Pairs of classifiers over one set of effect rows (with a `sign` column: +1 new, -1 old):
+# the same image, editor, node and direction, classes matched by name.
+_PAIRED = """
+FROM {rows} a
+JOIN {rows} b ON b.image_key = a.image_key AND b.editor_key = a.editor_key AND b.node_key = a.node_key
+             AND b.direction = a.direction AND b.sign = a.sign AND b.classifier_key <> a.classifier_key
+JOIN classifiers ka ON ka.classifier_key = a.classifier_key
+JOIN classes ca ON ca.classifier_id = ka.classifier_id AND ca.class_index = a.class_index
+JOIN classifiers kb ON kb.classifier_key = b.classifier_key
+JOIN classes cb ON cb.classifier_id = kb.classifier_id AND cb.class_index = b.class_index AND cb.class_name = ca.class_name
+WHERE a.n_valid > 0 AND b.n_valid > 0"""
+
+_SAME = "(a.n_valid = b.n_valid AND a.edits_fp = b.edits_fp)"
+_PAIR_SUMS_COLS = ("n_images", "n_edits", "n_differing", "sum_a", "sum_b", "sum_diff", "sumsq_diff")
+_PAIR_KEY = ("classifier_a", "classifier_b", "editor_key", "node_key", "direction", "class_a", "class_b")
+_PAIR_SUMS = f"""
+SELECT a.classifier_key AS classifier_a, b.classifier_key AS classifier_b, a.editor_key, a.node_key, a.direction,
+       a.class_index AS class_a, b.class_index AS class_b,
+       coalesce(sum(a.sign) FILTER (WHERE {_SAME}), 0) AS n_images,
+       coalesce(sum(a.sign * a.n_valid) FILTER (WHERE {_SAME}), 0) AS n_edits,
+       coalesce(sum(a.sign) FILTER (WHERE NOT {_SAME}), 0) AS n_differing,
+       coalesce(sum(a.sign * a.valid_prob) FILTER (WHERE {_SAME}), 0) AS sum_a,
+       coalesce(sum(a.sign * b.valid_prob) FILTER (WHERE {_SAME}), 0) AS sum_b,
+       coalesce(sum(a.sign * (b.valid_prob - a.valid_prob)) FILTER (WHERE {_SAME}), 0) AS sum_diff,
+       coalesce(sum(a.sign * ((b.valid_prob - a.valid_prob) ^ 2)) FILTER (WHERE {_SAME}), 0) AS sumsq_diff
+{{paired}}
+GROUP BY ALL"""
+_DIFFERING = f"""
+SELECT DISTINCT a.classifier_key, b.classifier_key, a.editor_key, a.node_key, a.direction, a.image_key
+{{paired}} AND NOT {_SAME}"""
+
+
 def refresh(con, image_keys: Iterable[int]) -> None:
     """Recompute the effect rows of these images and move the node sums by the difference.
     Call inside the transaction that changed their source rows."""
@@ -53,21 +85,37 @@ def refresh(con, image_keys: Iterable[int]) -> None:
     rows = ("(SELECT *, 1 AS sign FROM effect_images WHERE image_key IN (SELECT unnest($keys)) "
             "UNION ALL SELECT *, -1 AS sign FROM _effect_old)")
     _add_node_sums(con, _NODE_SUMS.format(rows=rows), {"keys": keys})
+    if con.execute("SELECT count(*) FROM classifiers").fetchone()[0] > 1:  # pairs need two
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _effect_both AS {rows}", {"keys": keys})
+        _add_pair_sums(con, _PAIR_SUMS.format(paired=_PAIRED.format(rows="_effect_both")))
+        con.execute("DELETE FROM effect_pair_differing WHERE image_key IN (SELECT unnest(?))", [keys])
+        con.execute("INSERT INTO effect_pair_differing " +
+                    _DIFFERING.format(paired=_PAIRED.format(rows="(SELECT * FROM _effect_both WHERE sign = 1)")))
+        con.execute("DROP TABLE _effect_both")
     con.execute("DROP TABLE _effect_old")
 
 
 def rebuild(con) -> None:
     """Recompute both tables from the source rows (after a migration, or `verify --repair`)."""
-    con.execute("DELETE FROM effect_images")
-    con.execute("DELETE FROM effect_nodes")
+    for table in ("effect_images", "effect_nodes", "effect_pairs", "effect_pair_differing"):
+        con.execute(f"DELETE FROM {table}")
     con.execute("INSERT INTO effect_images SELECT * FROM effect_images_for(NULL)")
-    _add_node_sums(con, _NODE_SUMS.format(rows="(SELECT *, 1 AS sign FROM effect_images)"), None)
+    all_rows = "(SELECT *, 1 AS sign FROM effect_images)"
+    _add_node_sums(con, _NODE_SUMS.format(rows=all_rows), None)
+    _add_pair_sums(con, _PAIR_SUMS.format(paired=_PAIRED.format(rows=all_rows)))
+    con.execute("INSERT INTO effect_pair_differing " + _DIFFERING.format(paired=_PAIRED.format(rows=all_rows)))
 
 
 def _add_node_sums(con, sums_sql: str, params) -> None:
     updates = ", ".join(f"{c} = effect_nodes.{c} + excluded.{c}" for c in _SUMS)
     con.execute(f"INSERT INTO effect_nodes {sums_sql} ON CONFLICT DO UPDATE SET {updates}", params)
     con.execute("DELETE FROM effect_nodes WHERE a_images = 0")  # a node with no image left
+
+
+def _add_pair_sums(con, sums_sql: str) -> None:
+    updates = ", ".join(f"{c} = effect_pairs.{c} + excluded.{c}" for c in _PAIR_SUMS_COLS)
+    con.execute(f"INSERT INTO effect_pairs {sums_sql} ON CONFLICT DO UPDATE SET {updates}")
+    con.execute("DELETE FROM effect_pairs WHERE n_images = 0 AND n_differing = 0")
 
 
 def drift(con, tolerance: float = 1e-9) -> dict[str, int]:
@@ -81,10 +129,19 @@ def drift(con, tolerance: float = 1e-9) -> dict[str, int]:
         exact = tuple(c for c in _SUMS if c.endswith(("images", "edits", "_up", "_down", "invalid")))
         values = tuple(c for c in _SUMS if c not in exact)
         node_drift = _count_drift(con, "effect_nodes", "_node_truth", _KEY, values, exact, tolerance)
+        truth = "(SELECT *, 1 AS sign FROM _effect_truth)"
+        con.execute("CREATE OR REPLACE TEMP TABLE _pair_truth AS " + _PAIR_SUMS.format(paired=_PAIRED.format(rows=truth)))
+        con.execute("DELETE FROM _pair_truth WHERE n_images = 0 AND n_differing = 0")
+        pair_drift = _count_drift(con, "effect_pairs", "_pair_truth", _PAIR_KEY, _PAIR_SUMS_COLS[3:],
+                                  _PAIR_SUMS_COLS[:3], tolerance)
+        con.execute("CREATE OR REPLACE TEMP TABLE _differing_truth AS " + _DIFFERING.format(paired=_PAIRED.format(rows=truth)))
+        pair_drift += con.execute(
+            "SELECT count(*) FROM (SELECT * FROM effect_pair_differing EXCEPT ALL SELECT * FROM _differing_truth "
+            "UNION ALL (SELECT * FROM _differing_truth EXCEPT ALL SELECT * FROM effect_pair_differing))").fetchone()[0]
     finally:
-        con.execute("DROP TABLE IF EXISTS _effect_truth")
-        con.execute("DROP TABLE IF EXISTS _node_truth")
-    return {"effect_images": image_drift, "effect_nodes": node_drift}
+        for table in ("_effect_truth", "_node_truth", "_pair_truth", "_differing_truth"):
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+    return {"effect_images": image_drift, "effect_nodes": node_drift, "effect_pairs": pair_drift}
 
 
 def _count_drift(con, stored: str, truth: str, key, values, exact, tolerance: float) -> int:

@@ -22,7 +22,7 @@ The checks, one row each in the report:
   resume.)
 - `vector index <embedder>`: the FAISS file against the embeddings table; a stale one is
   rebuilt by `--repair` (a missing one is fine: the first search builds it).
-- `effect tables`: effect_images and effect_nodes against a recomputation from the rows;
+- `effect tables`: effect_images, effect_nodes and effect_pairs against a recomputation from the rows;
   `--repair` rebuilds them (the only repair that writes the database).
 
 Only the layout diffex writes is scanned (`ab/`, `inversions/ab/`, `vectors/` under the cache
@@ -317,7 +317,8 @@ def _vector_checks(store: Store, embedders: list[dict], repair: bool) -> list[Ch
 def _effects_check(drift: dict[str, int], repair: bool) -> CheckResult:
     found = sum(drift.values())
     return _result("effect tables", found, found if repair else 0,
-                   "effect_images and effect_nodes equal a recomputation from the rows",
-                   f"{drift['effect_images']} effect_images rows and {drift['effect_nodes']} effect_nodes rows differ "
+                   "effect_images, effect_nodes and effect_pairs equal a recomputation from the rows",
+                   f"{drift['effect_images']} effect_images rows and {drift['effect_nodes']} effect_nodes rows "
+                   f"and {drift.get('effect_pairs', 0)} effect_pairs rows differ "
                    "from a recomputation" + ("; rebuilt" if repair else "; --repair rebuilds them"),
                    [f"{t}: {n}" for t, n in drift.items() if n])

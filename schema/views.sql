@@ -619,15 +619,51 @@ WITH args AS (
     SELECT checked_class(target_class, classifier_a) AS want_class,
            checked_class(target_class, classifier_b) AS want_class_b,
            edit_direction AS want_direction, alpha AS want_alpha, min_diff AS want_min_diff
-), per_node AS (
-    SELECT p.node_id, p.direction, p.class_name,
-           count(*) AS n_images, sum(p.n_edits) AS n_edits,
-           avg(p.effect_a) AS mean_a, avg(p.effect_b) AS mean_b,
-           avg(p.diff) AS mean_diff, stddev_samp(p.diff) AS sd_diff
-    FROM paired_image_effects(classifier_a, classifier_b, only_class := target_class) p, args
-    WHERE p.class_name = args.want_class AND p.class_name = args.want_class_b
-      AND p.direction = args.want_direction
+), keys AS (
+    SELECT ka.classifier_key AS key_a, kb.classifier_key AS key_b, ca.class_index AS index_a, cb.class_index AS index_b
+    FROM pick_classifier(classifier_a) pa, pick_classifier(classifier_b) pb, args
+    JOIN classifiers ka ON ka.classifier_id = pa.classifier_id
+    JOIN classifiers kb ON kb.classifier_id = pb.classifier_id
+    JOIN classes ca ON ca.classifier_id = ka.classifier_id AND ca.class_name = args.want_class
+    JOIN classes cb ON cb.classifier_id = kb.classifier_id AND cb.class_name = args.want_class_b
+), summed AS (
+    -- images where both classifiers averaged the very same edits: the running pair sums
+    SELECT p.node_key, p.direction, sum(p.n_images) AS n, sum(p.n_edits) AS n_edits,
+           sum(p.sum_a) AS s_a, sum(p.sum_b) AS s_b, sum(p.sum_diff) AS s_d, sum(p.sumsq_diff) AS s_dd
+    FROM effect_pairs p, keys, args
+    WHERE p.classifier_a = keys.key_a AND p.classifier_b = keys.key_b AND p.class_a = keys.index_a
+      AND p.class_b = keys.index_b AND p.direction = args.want_direction
     GROUP BY ALL
+), differing AS (
+    SELECT d.* FROM effect_pair_differing d, keys, args
+    WHERE d.classifier_a = keys.key_a AND d.classifier_b = keys.key_b AND d.direction = args.want_direction
+), by_edit AS (
+    -- the (rare) images where they scored different edits: paired edit by edit
+    SELECT da.node_key, da.editor_key, da.image_key,
+           avg(da.prob_edit - da.prob_baseline) AS effect_a, avg(db.prob_edit - db.prob_baseline) AS effect_b,
+           avg((db.prob_edit - db.prob_baseline) - (da.prob_edit - da.prob_baseline)) AS diff, count(*) AS n_edits
+    FROM keys, args
+    JOIN edit_class_deltas_for((SELECT coalesce(list(DISTINCT image_key), []::BIGINT[]) FROM differing)) da
+         ON da.classifier_key = keys.key_a AND da.class_index = keys.index_a AND da.direction = args.want_direction
+    JOIN edit_class_deltas_for((SELECT coalesce(list(DISTINCT image_key), []::BIGINT[]) FROM differing)) db
+         ON db.classifier_key = keys.key_b AND db.class_index = keys.index_b
+        AND db.edit_key = da.edit_key AND db.node_key = da.node_key
+    SEMI JOIN differing d ON d.node_key = da.node_key AND d.editor_key = da.editor_key AND d.image_key = da.image_key
+    WHERE da.valid AND db.valid
+    GROUP BY ALL
+), extra AS (
+    SELECT node_key, args.want_direction AS direction, count(*) AS n, sum(n_edits) AS n_edits,
+           sum(effect_a) AS s_a, sum(effect_b) AS s_b, sum(diff) AS s_d, sum(diff * diff) AS s_dd
+    FROM by_edit, args GROUP BY ALL
+), per_node AS (
+    SELECT n.node_id, t.direction, args.want_class AS class_name,
+           sum(t.n) AS n_images, sum(t.n_edits) AS n_edits,
+           sum(t.s_a) / sum(t.n) AS mean_a, sum(t.s_b) / sum(t.n) AS mean_b, sum(t.s_d) / sum(t.n) AS mean_diff,
+           CASE WHEN sum(t.n) > 1 THEN sqrt(greatest(0, (sum(t.s_dd) - sum(t.s_d) ^ 2 / sum(t.n)) / (sum(t.n) - 1))) END AS sd_diff
+    FROM (SELECT * FROM summed UNION ALL SELECT * FROM extra) t
+    JOIN nodes n ON n.node_key = t.node_key, args
+    GROUP BY n.node_id, t.direction, args.want_class
+    HAVING sum(t.n) > 0
 ), tested AS (
     SELECT *,
            CASE WHEN n_images < 2 THEN NULL

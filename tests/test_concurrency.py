@@ -72,7 +72,7 @@ def test_readers_are_answered_while_an_index_run_writes(tmp_path, inputs):
     assert answered >= 3, answered  # questions answered while the run was writing
     assert counts == sorted(counts) and counts[-1] > counts[0]  # partial results, growing
     with Store.open(db, read_only=True) as store:
-        assert store.verify_effects() == {"effect_images": 0, "effect_nodes": 0}
+        assert not any(store.verify_effects().values())
 
 
 def test_sigkill_anywhere_keeps_effects_exact_and_the_run_resumes(tmp_path, inputs):
@@ -88,7 +88,7 @@ def test_sigkill_anywhere_keeps_effects_exact_and_the_run_resumes(tmp_path, inpu
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         with Store.open(db) as store:  # recovers DuckDB's WAL; our locks died with the process
-            assert store.verify_effects() == {"effect_images": 0, "effect_nodes": 0}
+            assert not any(store.verify_effects().values())
             partial = store.info()["edits"]
     resumed = subprocess.run(_index_cmd(db, images, taxonomy), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
@@ -100,5 +100,5 @@ def test_sigkill_anywhere_keeps_effects_exact_and_the_run_resumes(tmp_path, inpu
     for a, b in zip(got, want):  # sums accumulated in another order: equal up to rounding
         assert a[:3] == b[:3] and a[6:] == b[6:] and a[3:6] == pytest.approx(b[3:6], abs=1e-12)
     with Store.open(db, read_only=True) as store:
-        assert store.verify_effects() == {"effect_images": 0, "effect_nodes": 0}
+        assert not any(store.verify_effects().values())
         assert partial <= store.info()["edits"]

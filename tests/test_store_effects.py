@@ -179,7 +179,7 @@ def test_derived_effects_equal_a_recomputation_however_the_rows_arrive(tmp_path)
     world.write_scores(world.classifiers[0], [i.image_id for i in world.images] + scorable[: len(scorable) // 2])
     world.write_edits(plans[half:])
     world.write_scores(world.classifiers[0], scorable[len(scorable) // 2:] + [r.edit_id for r in plans[half:] if r.status == "ok"])
-    assert store.verify_effects() == {"effect_images": 0, "effect_nodes": 0}
+    assert store.verify_effects() == {"effect_images": 0, "effect_nodes": 0, "effect_pairs": 0}
     # 2. a first embedder judges most single edits; classifier b scores a random 80% of edits
     singles = [r.edit_id for r in plans if r.kind == "single" and r.status == "ok"]
     world.write_verdicts("emb-1", singles[: int(len(singles) * 0.9)])
@@ -202,7 +202,7 @@ def test_derived_effects_equal_a_recomputation_however_the_rows_arrive(tmp_path)
     for e in reused:
         world.edits[e]["nodes"].add(bushy)
 
-    assert store.verify_effects() == {"effect_images": 0, "effect_nodes": 0}
+    assert store.verify_effects() == {"effect_images": 0, "effect_nodes": 0, "effect_pairs": 0}
     _check_node_effects(world)
     # invalid edits were really excluded, and both directions and classifiers are covered
     keys = set(world.node_effects(False))
@@ -235,6 +235,24 @@ def test_derived_effects_equal_a_recomputation_however_the_rows_arrive(tmp_path)
         assert _close(r["effect_a"], a) and _close(r["effect_b"], b) and _close(r["diff"], diff) and r["n_edits"] == n
         mismatched += n != len([x for x in per_image[("clf-a",) + key[1:] + (key[0],)] if x[2]])
     assert mismatched > 5  # the fallback that pairs edit by edit was exercised
+    # compare_classifiers: the running pair sums plus the images paired edit by edit
+    for direction in ("add", "remove"):
+        by_node = defaultdict(list)
+        for (cls, ed, node, d, img), v in expected.items():
+            if cls == "dog" and d == direction:
+                by_node[node].append(v)
+        rows = store._rows("SELECT n.node_id, c.* FROM compare_classifiers('clf-a', 'clf-b', 'dog', edit_direction := ?) c "
+                           "JOIN nodes n ON n.path = c.path", [direction])
+        assert {r["node_id"] for r in rows} == set(by_node)
+        for r in rows:
+            vs = by_node[r["node_id"]]
+            diffs = [v[2] for v in vs]
+            assert r["n_images"] == len(vs) and r["n_edits"] == sum(v[3] for v in vs)
+            assert r["diff"] == pytest.approx(round(float(np.mean(diffs)), 4), abs=1e-9)
+            assert r["effect_a"] == pytest.approx(round(float(np.mean([v[0] for v in vs])), 4), abs=1e-9)
+            if len(vs) > 1:
+                half = t975(len(vs) - 1) * float(np.std(diffs, ddof=1)) / math.sqrt(len(vs))
+                assert r["ci_high"] == pytest.approx(round(min(2.0, float(np.mean(diffs)) + half), 4), abs=1e-9)
 
     # one image's explanation: its nodes ranked by |effect|
     img = world.images[0]
@@ -298,7 +316,7 @@ def test_effects_survive_a_migration_from_schema_3(tmp_path):
     con.close()
 
     store = Store.open(db)
-    assert store.verify_effects() == {"effect_images": 0, "effect_nodes": 0}
+    assert store.verify_effects() == {"effect_images": 0, "effect_nodes": 0, "effect_pairs": 0}
     for name, sql in queries.items():
         after = store.con.execute(sql).fetchall()
         assert len(after) == len(before[name]), name

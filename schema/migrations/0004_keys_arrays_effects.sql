@@ -129,4 +129,29 @@ CREATE TABLE effect_nodes (
     n_invalid BIGINT NOT NULL,
     PRIMARY KEY (classifier_key, editor_key, node_key, direction, class_index)
 );
+-- Per (classifier A, classifier B, editor, node, direction, class of A, same-named class of B):
+-- sums over the images where both classifiers averaged the very same valid edits (their
+-- effect_images fingerprints agree) of A's and B's effects and of B - A, for
+-- compare_classifiers; n_differing counts images where both have effects over different
+-- edits (listed in effect_pair_differing and paired edit by edit at query time).
+CREATE TABLE effect_pairs (
+    classifier_a INTEGER NOT NULL,
+    classifier_b INTEGER NOT NULL,
+    editor_key   INTEGER NOT NULL,
+    node_key     INTEGER NOT NULL,
+    direction    VARCHAR NOT NULL,
+    class_a      INTEGER NOT NULL,
+    class_b      INTEGER NOT NULL,
+    n_images BIGINT NOT NULL, n_edits BIGINT NOT NULL, n_differing BIGINT NOT NULL,
+    sum_a DOUBLE NOT NULL, sum_b DOUBLE NOT NULL, sum_diff DOUBLE NOT NULL, sumsq_diff DOUBLE NOT NULL,
+    PRIMARY KEY (classifier_a, classifier_b, editor_key, node_key, direction, class_a, class_b)
+);
+CREATE TABLE effect_pair_differing (
+    classifier_a INTEGER NOT NULL,
+    classifier_b INTEGER NOT NULL,
+    editor_key   INTEGER NOT NULL,
+    node_key     INTEGER NOT NULL,
+    direction    VARCHAR NOT NULL,
+    image_key    BIGINT NOT NULL
+);
 UPDATE diffex_schema SET version = 4;
