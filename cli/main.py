@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import warnings
 
@@ -190,6 +191,29 @@ def index(db, image_specs, more_images, taxonomy, classifier, editor, beam, samp
 DEFAULT_LIMITS = {"table": 1000, "markdown": 1000, "json": 100_000, "csv": 100_000, "nl": 100_000}
 
 
+_MACRO_CALL = re.compile(r"\b(top_subtypes|top_nodes|effect_tree|image_explanation|top_combinations|effects_for)\s*\(", re.I)
+
+
+@cli.command()
+@db_option
+@click.option("--classifier", default=None, help="Classifier to pin: a spec (demo:v1), name, id or id prefix.")
+@click.option("--unpin", is_flag=True, help="Unpin: queries default to the most recently indexed classifier again.")
+def use(db, classifier, unpin) -> None:
+    """Pin the classifier every query of DB answers for by default, so indexing another one
+    does not change what `top_subtypes('old', 10)` means. Try:
+
+    diffex use --db data/demo.duckdb --classifier demo:v1
+    """
+    from diffex.store import Store
+
+    if bool(classifier) == bool(unpin):
+        raise UsageError("give --classifier SPEC to pin one, or --unpin")
+    with Store.open(db) as store:
+        row = store.pin_classifier(None if unpin else classifier)
+    click.echo("unpinned: queries default to the most recently indexed classifier" if row is None
+               else f"pinned {row['spec'] or row['name']} ({row['classifier_id'][:12]}): queries of {db} default to it")
+
+
 @cli.command()
 @db_option
 @click.argument("sql")
@@ -221,6 +245,13 @@ def query(db, sql, params, fmt, limit, timeout, memory_limit, threads) -> None:
         limit = DEFAULT_LIMITS[fmt]
     result = run_query(db, sql, dict(params), limit=limit, timeout=timeout, memory_limit=memory_limit, threads=threads)
     _emit(result.columns, result.rows, fmt)
+    if fmt in ("table", "markdown") and _MACRO_CALL.search(sql) and "classifier" not in sql.lower().replace("classifier_", ""):
+        # an effect macro without `classifier :=` answers for the store's default: say which
+        row = run_query(db, "SELECT classifier_label(spec, name, classifier_id), pinned_at IS NOT NULL "
+                            "FROM classifiers ORDER BY pinned_at DESC NULLS LAST, indexed_at DESC NULLS LAST LIMIT 1").rows
+        if row:
+            why = "pinned with `diffex use`" if row[0][1] else "the most recently indexed; `diffex use` pins one"
+            click.echo(f"(classifier: {row[0][0]}, {why})", err=True)
     if result.truncated:
         click.echo(f"(showing the first {limit} rows; --limit 0 for all)", err=True)
 

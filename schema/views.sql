@@ -19,6 +19,11 @@ CREATE OR REPLACE MACRO t975(df) AS
 -- probability lies in [-1, 1] (and a change of such changes in [-2, 2]), so its interval does too.
 CREATE OR REPLACE MACRO clip(x, lo, hi) AS CASE WHEN x IS NULL THEN NULL ELSE least(hi, greatest(lo, x)) END;
 
+-- How tables name a classifier: its spec (`demo:v1`, `hf:./my-vit`), else its name and a
+-- short id, so two versions of one model never print the same name.
+CREATE OR REPLACE MACRO classifier_label(spec, name, classifier_id) AS
+    coalesce(spec, name || ' ' || left(classifier_id, 8));
+
 CREATE OR REPLACE VIEW items AS
 SELECT image_key AS item_key, image_id AS item_id, 'image' AS item_kind FROM images
 UNION ALL
@@ -167,7 +172,7 @@ WITH p AS (
            CASE WHEN n_images > 0 THEN (n_up + 0.5 * (n_images - n_up - n_down)) / n_images END AS frac_up
     FROM p
 )
-SELECT k.classifier_id, k.name AS classifier_name, c.class_name, ed.editor_id,
+SELECT k.classifier_id, classifier_label(k.spec, k.name, k.classifier_id) AS classifier_name, c.class_name, ed.editor_id,
        n.node_id, n.label AS node, n.path, parent.label AS parent, n.depth, m.direction,
        m.mean_delta_prob,
        clip(m.mean_delta_prob - t975(m.n_images - 1) * coalesce(m.sd_delta_prob, 0) / sqrt(m.n_images), -1.0, 1.0) AS ci_low,
@@ -493,7 +498,7 @@ WITH per_combo AS (
     FROM joint_image_effects
     GROUP BY ALL
 )
-SELECT p.classifier_id, clf.name AS classifier_name, p.class_name, p.editor_id,
+SELECT p.classifier_id, classifier_label(clf.spec, clf.name, clf.classifier_id) AS classifier_name, p.class_name, p.editor_id,
        array_to_string(p.nodes, ' + ') AS combination,
        p.nodes, p.directions, p.node_ids, len(p.node_ids) AS n_nodes,
        p.mean_delta_prob,

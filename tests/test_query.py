@@ -110,3 +110,27 @@ def test_query_while_another_process_writes_is_a_clear_error(indexed):
         holder.kill()
         holder.wait()
     assert run_query(indexed, "SELECT 1 AS one").rows == [(1,)]
+
+
+def test_classifiers_are_named_apart_and_a_pinned_one_stays_the_default(tmp_path, demo_images, classifier_file, cli_run):
+    """Two versions of one model print different names; `diffex use` pins the default that
+    a new index run would otherwise move; the table says which classifier answered."""
+    db = tmp_path / "pin.duckdb"
+    tax = {"categories": {"hair colour": ["grey hair", "black hair"]}}
+    for factory in ("make", "make_retrained"):
+        run_index(db, [str(demo_images)], tax, f"python:{classifier_file}:{factory}", beam=0, samples=1)
+    names = {r[0] for r in run_query(db, "SELECT DISTINCT classifier_name FROM node_effects").rows}
+    assert names == {f"python:{classifier_file}:make", f"python:{classifier_file}:make_retrained"}
+    newest = run_query(db, "SELECT classifier_name FROM top_nodes('bright', 1)").rows[0][0]
+    assert newest.endswith(":make_retrained")
+    pinned = cli_run("use", "--db", db, "--classifier", f"python:{classifier_file}:make")
+    assert pinned.exit_code == 0 and "pinned python:" in pinned.output
+    run_index(db, [str(demo_images)], tax, f"python:{classifier_file}:make_retrained", beam=0, samples=1)  # indexed last
+    assert run_query(db, "SELECT classifier_name FROM top_nodes('bright', 1)").rows[0][0].endswith(":make")
+    shown = cli_run("query", "--db", db, "SELECT * FROM effect_tree('bright')")
+    assert shown.exit_code == 0 and f"(classifier: python:{classifier_file}:make, pinned with `diffex use`)" in shown.stderr
+    assert cli_run("use", "--db", db, "--unpin").exit_code == 0
+    assert run_query(db, "SELECT classifier_name FROM top_nodes('bright', 1)").rows[0][0].endswith(":make_retrained")
+    bad = cli_run("use", "--db", db, "--classifier", "nosuch")
+    assert bad.exit_code == 1 and "unknown classifier 'nosuch'" in bad.output
+    assert cli_run("use", "--db", db).exit_code == 2
