@@ -1,5 +1,11 @@
 """The attribution store: one DuckDB file, the single source of truth. Only this module
-(and query.py's read-only sessions) talk to DuckDB."""
+(and query.py's read-only sessions) talk to DuckDB.
+
+Why one file of ~900 lines: every SQL statement that writes the store lives here, so the
+rules that keep it consistent (integer keys behind the ids, uniqueness without primary keys,
+the derived effect tables refreshed in the same transaction, the file shared with readers)
+are kept in one place. It is one idea with several rooms; issue 11 splits it into a
+`diffex/store/` package (connection, writes, reads for indexing, reads for users)."""
 
 from __future__ import annotations
 
