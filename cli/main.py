@@ -247,11 +247,15 @@ def query(db, sql, params, fmt, limit, timeout, memory_limit, threads) -> None:
     _emit(result.columns, result.rows, fmt)
     if fmt in ("table", "markdown") and _MACRO_CALL.search(sql) and "classifier" not in sql.lower().replace("classifier_", ""):
         # an effect macro without `classifier :=` answers for the store's default: say which
-        row = run_query(db, "SELECT classifier_label(spec, name, classifier_id), pinned_at IS NOT NULL "
-                            "FROM classifiers ORDER BY pinned_at DESC NULLS LAST, indexed_at DESC NULLS LAST LIMIT 1").rows
+        row = run_query(db, """
+            SELECT classifier_label(spec, name, classifier_id), pinned_at IS NOT NULL,
+                   (SELECT string_agg(coalesce(spec, name), ', ' ORDER BY created_at) FROM editors),
+                   (SELECT name || ' ' || left(taxonomy_id, 8) FROM taxonomies ORDER BY created_at DESC LIMIT 1)
+            FROM classifiers ORDER BY pinned_at DESC NULLS LAST, indexed_at DESC NULLS LAST LIMIT 1""").rows
         if row:
-            why = "pinned with `diffex use`" if row[0][1] else "the most recently indexed; `diffex use` pins one"
-            click.echo(f"(classifier: {row[0][0]}, {why})", err=True)
+            label, pinned, editors, taxonomy = row[0]
+            why = "pinned with `diffex use`" if pinned else "the most recently indexed; `diffex use` pins one"
+            click.echo(f"(classifier: {label}, {why}; editors: {editors}; newest taxonomy: {taxonomy})", err=True)
     if result.truncated:
         click.echo(f"(showing the first {limit} rows; --limit 0 for all)", err=True)
 

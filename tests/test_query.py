@@ -128,7 +128,7 @@ def test_classifiers_are_named_apart_and_a_pinned_one_stays_the_default(tmp_path
     run_index(db, [str(demo_images)], tax, f"python:{classifier_file}:make_retrained", beam=0, samples=1)  # indexed last
     assert run_query(db, "SELECT classifier_name FROM top_nodes('bright', 1)").rows[0][0].endswith(":make")
     shown = cli_run("query", "--db", db, "SELECT * FROM effect_tree('bright')")
-    assert shown.exit_code == 0 and f"(classifier: python:{classifier_file}:make, pinned with `diffex use`)" in shown.stderr
+    assert shown.exit_code == 0 and f"(classifier: python:{classifier_file}:make, pinned with `diffex use`; editors: demo" in shown.stderr
     assert cli_run("use", "--db", db, "--unpin").exit_code == 0
     assert run_query(db, "SELECT classifier_name FROM top_nodes('bright', 1)").rows[0][0].endswith(":make_retrained")
     bad = cli_run("use", "--db", db, "--classifier", "nosuch")
