@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from diffex import run_query
-from diffex.classify import CHUNK
+from diffex.classify import COMMIT_ITEMS
 from diffex.hashing import edit_id_for
 from diffex.store import Store
 from diffex.taxonomy import load_taxonomy
@@ -34,6 +34,7 @@ from diffex.types import EditRecord, ImageRecord
 
 SEEDS, DIRECTIONS, CLASSIFIERS = 2, ("add", "remove"), 2
 IMAGES_PER_COMMIT = 1  # the indexer commits each image group's edits together (editor batch 1)
+BLOCK = 8  # images whose scores and verdicts are written together, like one level of the beam search
 
 
 def parse_rows(text: str) -> int:
@@ -75,8 +76,8 @@ def fill(db: Path, n_images: int, tax, n_classes: int, seed: int = 0) -> dict:
     store.add_images(images)
     t_edits = t_scores = t_valid = 0.0
     n_edits = n_scores = 0
-    for start in range(0, n_images, IMAGES_PER_COMMIT * 8):
-        block = images[start : start + IMAGES_PER_COMMIT * 8]
+    for start in range(0, n_images, BLOCK):
+        block = images[start : start + BLOCK]
         base_logits = rng.normal(0, 1, size=(len(block), n_classes))
         records, logits = [], {c.classifier_id: [] for c in classifiers}
         for b, img in enumerate(block):
@@ -108,17 +109,16 @@ def fill(db: Path, n_images: int, tax, n_classes: int, seed: int = 0) -> dict:
             store.add_scores(clf.classifier_id, ids, orig, softmax(orig), item_keys=keys)
             lg = np.asarray(logits[clf.classifier_id])
             items = [r.edit_id for r in records]
-            for c0 in range(0, len(items), CHUNK):
-                store.add_scores(clf.classifier_id, items[c0 : c0 + CHUNK], lg[c0 : c0 + CHUNK],
-                                 softmax(lg[c0 : c0 + CHUNK]), item_keys=keys)
+            for c0 in range(0, len(items), COMMIT_ITEMS):  # as ensure_scores commits
+                store.add_scores(clf.classifier_id, items[c0 : c0 + COMMIT_ITEMS], lg[c0 : c0 + COMMIT_ITEMS],
+                                 softmax(lg[c0 : c0 + COMMIT_ITEMS]), item_keys=keys)
             n_scores += (len(ids) + len(items)) * n_classes
         t_scores += time.perf_counter() - t0
         singles = [r.edit_id for r in records if r.kind == "single"]
         invalid = rng.rand(len(singles)) < 0.1
         t0 = time.perf_counter()
-        for c0 in range(0, len(singles), CHUNK):
-            store.add_validity("bench-embedder", [(e, 0.1, 0.9, 0.2, not bad) for e, bad in
-                                                  zip(singles[c0 : c0 + CHUNK], invalid[c0 : c0 + CHUNK])])
+        # ensure_validity stores one call's verdicts together
+        store.add_validity("bench-embedder", [(e, 0.1, 0.9, 0.2, not bad) for e, bad in zip(singles, invalid)])
         t_valid += time.perf_counter() - t0
         done = start + len(block)
         if done % max(1, n_images // 10) < len(block):

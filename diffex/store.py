@@ -307,10 +307,11 @@ class Store:
         ).fetchall()
         return {r[0] for r in rows}
 
-    def refresh_effects(self, image_keys: Iterable[int]) -> None:
-        """Bring the derived effect rows of these images up to date (inside a transaction)."""
+    def refresh_effects(self, image_keys: Iterable[int], classifier_key: int | None = None) -> None:
+        """Bring the derived effect rows of these images up to date (inside a transaction);
+        classifier_key: only that classifier's rows changed (new scores)."""
         with self.transaction():
-            derived.refresh(self.con, image_keys)
+            derived.refresh(self.con, image_keys, classifier_key)
 
     # ------------------------------------------------------------------ writes
     def add_taxonomy(self, taxonomy: Taxonomy, source: str | None = None, *,
@@ -487,7 +488,7 @@ class Store:
                 "INSERT INTO item_scores SELECT ?, unnest(?), unnest(?), unnest(?)",
                 [row[0], item_list, logits64.tolist(), probs64.tolist()],
             )
-            self.refresh_effects(self._image_keys_of_items(item_list))
+            self.refresh_effects(self._image_keys_of_items(item_list), classifier_key=row[0])
 
     def start_run(self, command: str, args: dict) -> str:
         run_id = uuid.uuid4().hex

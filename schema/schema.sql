@@ -206,8 +206,7 @@ CREATE TABLE effect_nodes (
     v_sum_logit DOUBLE NOT NULL, v_up BIGINT NOT NULL, v_down BIGINT NOT NULL,
     a_images BIGINT NOT NULL, a_edits BIGINT NOT NULL, a_sum DOUBLE NOT NULL, a_sumsq DOUBLE NOT NULL,
     a_sum_logit DOUBLE NOT NULL, a_up BIGINT NOT NULL, a_down BIGINT NOT NULL,
-    n_invalid BIGINT NOT NULL,
-    PRIMARY KEY (classifier_key, editor_key, node_key, direction, class_index)
+    n_invalid BIGINT NOT NULL   -- one row per key, kept so by diffex/derived.py
 );
 
 -- Per (classifier A, classifier B, editor, node, direction, class of A, same-named class of B):
@@ -224,8 +223,7 @@ CREATE TABLE effect_pairs (
     class_a      INTEGER NOT NULL,
     class_b      INTEGER NOT NULL,
     n_images BIGINT NOT NULL, n_edits BIGINT NOT NULL, n_differing BIGINT NOT NULL,
-    sum_a DOUBLE NOT NULL, sum_b DOUBLE NOT NULL, sum_diff DOUBLE NOT NULL, sumsq_diff DOUBLE NOT NULL,
-    PRIMARY KEY (classifier_a, classifier_b, editor_key, node_key, direction, class_a, class_b)
+    sum_a DOUBLE NOT NULL, sum_b DOUBLE NOT NULL, sum_diff DOUBLE NOT NULL, sumsq_diff DOUBLE NOT NULL
 );
 CREATE TABLE effect_pair_differing (
     classifier_a INTEGER NOT NULL,
