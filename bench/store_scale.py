@@ -15,6 +15,7 @@ notebook or CI step would) and as a whole `diffex query` process. Last line:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -155,12 +156,15 @@ def main() -> None:
     n_images = max(4, round(parse_rows(args.rows) / per_image))
     tmp = tempfile.TemporaryDirectory()
     db = Path(args.keep) if args.keep else Path(tmp.name) / "scale.duckdb"
+    saved = db.with_suffix(".fill.json")  # the fill's figures, for timing a kept store again
     if not db.exists():
         print(f"filling {db}: {n_images} images x {len(tax.nodes)} nodes x {len(DIRECTIONS)} directions x {SEEDS} seeds "
               f"x {args.classes} classes x {CLASSIFIERS} classifiers", file=sys.stderr)
         stats = fill(db, n_images, tax, args.classes)
+        saved.write_text(json.dumps(stats))
     else:
-        stats = None
+        stats = json.loads(saved.read_text()) if saved.exists() else None
+        Store.open(db).close()  # once for writing: this diffex's views and macros
     with Store.open(db, read_only=True) as store:
         info = store.info()
     size = db.stat().st_size + sum(p.stat().st_size for p in db.parent.glob(db.name + ".wal"))

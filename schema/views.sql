@@ -87,11 +87,16 @@ SELECT s.classifier_key, e.editor_key, l.node_key, e.direction, e.image_key, e.e
        unnest(range(len(s.probs)))::INTEGER AS class_index,
        unnest(bs.probs)::DOUBLE AS prob_baseline, unnest(s.probs)::DOUBLE AS prob_edit,
        unnest(bs.logits)::DOUBLE AS logit_baseline, unnest(s.logits)::DOUBLE AS logit_edit
+-- the big tables are cut to the key ranges of the edits and baselines asked about before any
+-- hash join, so a few images (or none) never build a hash table of every score
 FROM e
-JOIN edit_links l ON l.edit_key = e.edit_key
+JOIN (SELECT * FROM edit_links WHERE edit_key BETWEEN (SELECT min(edit_key) FROM e) AND (SELECT max(edit_key) FROM e)) l
+     ON l.edit_key = e.edit_key
 JOIN b ON b.image_key = e.image_key AND b.editor_key = e.editor_key
-JOIN item_scores s ON s.item_key = e.edit_key
-JOIN item_scores bs ON bs.item_key = b.baseline_key AND bs.classifier_key = s.classifier_key
+JOIN (SELECT * FROM item_scores WHERE item_key BETWEEN (SELECT min(edit_key) FROM e) AND (SELECT max(edit_key) FROM e)) s
+     ON s.item_key = e.edit_key
+JOIN (SELECT * FROM item_scores WHERE item_key BETWEEN (SELECT min(baseline_key) FROM b) AND (SELECT max(baseline_key) FROM b)) bs
+     ON bs.item_key = b.baseline_key AND bs.classifier_key = s.classifier_key
 LEFT JOIN v ON v.edit_id = e.edit_id;
 
 -- Per (classifier, editor, node, direction, image, class), recomputed: what the table
@@ -642,16 +647,16 @@ WITH args AS (
 ), differing AS (
     SELECT d.* FROM effect_pair_differing d, keys, args
     WHERE d.classifier_a = keys.key_a AND d.classifier_b = keys.key_b AND d.direction = args.want_direction
+), deltas AS MATERIALIZED (
+    SELECT * FROM edit_class_deltas_for((SELECT coalesce(list(DISTINCT image_key), []::BIGINT[]) FROM differing))
 ), by_edit AS (
     -- the (rare) images where they scored different edits: paired edit by edit
     SELECT da.node_key, da.editor_key, da.image_key,
            avg(da.prob_edit - da.prob_baseline) AS effect_a, avg(db.prob_edit - db.prob_baseline) AS effect_b,
            avg((db.prob_edit - db.prob_baseline) - (da.prob_edit - da.prob_baseline)) AS diff, count(*) AS n_edits
     FROM keys, args
-    JOIN edit_class_deltas_for((SELECT coalesce(list(DISTINCT image_key), []::BIGINT[]) FROM differing)) da
-         ON da.classifier_key = keys.key_a AND da.class_index = keys.index_a AND da.direction = args.want_direction
-    JOIN edit_class_deltas_for((SELECT coalesce(list(DISTINCT image_key), []::BIGINT[]) FROM differing)) db
-         ON db.classifier_key = keys.key_b AND db.class_index = keys.index_b
+    JOIN deltas da ON da.classifier_key = keys.key_a AND da.class_index = keys.index_a AND da.direction = args.want_direction
+    JOIN deltas db ON db.classifier_key = keys.key_b AND db.class_index = keys.index_b
         AND db.edit_key = da.edit_key AND db.node_key = da.node_key
     SEMI JOIN differing d ON d.node_key = da.node_key AND d.editor_key = da.editor_key AND d.image_key = da.image_key
     WHERE da.valid AND db.valid
