@@ -67,14 +67,18 @@ GROUP BY v.edit_id;
 -- keys: what the derived effect tables summarise, recomputed from the source rows.
 -- image_keys: a list of images.image_key to restrict to, or NULL for all.
 CREATE OR REPLACE MACRO edit_class_deltas_for(image_keys) AS TABLE
-WITH e AS (
-    SELECT edit_key, edit_id, image_key, editor_key, direction, seed FROM edits
-    WHERE kind = 'single' AND status = 'ok'
-      AND (image_keys IS NULL OR image_key IN (SELECT unnest(image_keys)))
+WITH wanted AS (
+    -- an inner join with the asked keys, not `IN (...) OR keys IS NULL`: that became a mark
+    -- join over every edit (140 ms at a million edits, even for no image)
+    SELECT unnest(coalesce(image_keys, (SELECT list(image_key) FROM images))) AS image_key
+), e AS (
+    SELECT x.edit_key, x.edit_id, x.image_key, x.editor_key, x.direction, x.seed
+    FROM edits x JOIN wanted w ON w.image_key = x.image_key
+    WHERE x.kind = 'single' AND x.status = 'ok'
 ), b AS (
-    SELECT image_key, editor_key, edit_key AS baseline_key FROM edits
-    WHERE kind = 'baseline' AND status = 'ok'
-      AND (image_keys IS NULL OR image_key IN (SELECT unnest(image_keys)))
+    SELECT x.image_key, x.editor_key, x.edit_key AS baseline_key
+    FROM edits x JOIN wanted w ON w.image_key = x.image_key
+    WHERE x.kind = 'baseline' AND x.status = 'ok'
 ), v AS (
     -- edit_validity_current restricted first: an aggregate over every verdict per refresh would not scale
     SELECT ev.edit_id, arg_max(ev.valid, m.created_at) AS valid, arg_max(ev.direction_sim, m.created_at) AS direction_sim
