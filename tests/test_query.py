@@ -56,7 +56,7 @@ def test_top_subtypes_formats(indexed, cli_run):
     assert all(r["ci_low"] <= r["mean_delta_prob"] <= r["ci_high"] for r in as_json)
     as_csv = list(csv.DictReader(io.StringIO(cli_run("query", "--db", indexed, "SELECT * FROM top_subtypes('bright', 3)", "--format", "csv").output)))
     assert [r["node"] for r in as_csv] == [r["node"] for r in as_json]
-    md = cli_run("query", "--db", indexed, "SELECT node FROM top_subtypes('bright', 3)", "--format", "markdown").output.splitlines()
+    md = cli_run("query", "--db", indexed, "SELECT node FROM top_subtypes('bright', 3)", "--format", "markdown").stdout.splitlines()
     assert md[0] == "| node |" and md[1] == "|---|" and len(md) == 5
     table = cli_run("query", "--db", indexed, "SELECT node, depth FROM top_subtypes('bright', 3)").output
     assert as_json[0]["node"] in table.splitlines()[2]
