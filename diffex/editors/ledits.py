@@ -1,5 +1,10 @@
 """LEDITS++ editor backend (Stable Diffusion 1.x / 2.x, and SDXL as `ledits-xl:`).
 
+Why one file of ~700 lines: everything here serves one backend (spec, model identity, loading,
+the diffusers fixes it needs, batching, the inversion cache), and the fixes only make sense
+beside the calls they patch. Issue 11 moves it into `diffex/editing/ledits/` (spec, pipeline,
+inversion cache) with the other editors.
+
 SPEC: `ledits:MODEL_ID_OR_PATH[?key=value&...]`, e.g.
 `ledits:stable-diffusion-v1-5/stable-diffusion-v1-5?steps=50&guidance=10`.
 
