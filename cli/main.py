@@ -346,7 +346,7 @@ def verify(ctx, db, repair, cache_dir, no_pixels, as_json) -> None:
     (after --repair: healthy now), 1: problems remain. Missing cached images are recomputed
     by the next `diffex index` with the same arguments.
     """
-    from diffex.store.verify import verify_store
+    from diffex.indexing.verify import verify_store
 
     report = verify_store(db, repair=repair, cache_dir=cache_dir, check_pixels=not no_pixels)
     if as_json:

@@ -48,24 +48,14 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
-from urllib.parse import parse_qsl
 
 from PIL import Image
 
-from .. import models
+from .. import atomic, models, specs
 from ..errors import DiffexError
 from ..hashing import hash_files, hash_json
 from ..types import DIRECTIONS, Concept
 from .base import EditOutput, EditSession, Editor
-
-
-def _parse_bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(raw)
 
 
 # Option -> (parser, default). Defaults are the DiffEx reference code's settings;
@@ -79,9 +69,9 @@ OPTIONS: dict[str, Any] = {
     "device": str,
     "dtype": str,
     "batch": int,
-    "safety": _parse_bool,
+    "safety": specs.parse_bool,
     "revision": str,
-    "allow_pickle": _parse_bool,
+    "allow_pickle": specs.parse_bool,
 }
 DEFAULTS: dict[str, Any] = {
     "size": 512, "steps": 50, "skip": 0.1, "guidance": 10.0, "threshold": 0.75, "batch": 1, "safety": True,
@@ -106,15 +96,10 @@ _IDENTITY_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
 
 
 def parse_spec(rest: str) -> tuple[str, dict[str, str]]:
-    """Split `MODEL[?k=v&...]` into the model and raw option strings; unknown keys raise."""
-    model, _, query = rest.partition("?")
-    if not model:
+    """Split `MODEL[?k=v&...]` into the model and raw option strings (diffex/specs.py rules)."""
+    if not rest.partition("?")[0]:
         raise DiffexError("ledits: needs a model id or path, e.g. ledits:stable-diffusion-v1-5/stable-diffusion-v1-5")
-    options = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise DiffexError(f"unknown ledits option(s) {', '.join(unknown)}; valid options: {', '.join(OPTIONS)}")
-    return model, options
+    return specs.split_spec("ledits", rest, dict.fromkeys(OPTIONS, ""))
 
 
 def from_spec(rest: str) -> "LeditsEditor":
@@ -162,12 +147,7 @@ class LeditsEditor(Editor):
     def __init__(self, model: str, options: dict[str, str] | None = None):
         options = dict(options or {})
         parsed: dict[str, Any] = dict(DEFAULTS)
-        for key, raw in options.items():
-            try:
-                parsed[key] = OPTIONS[key](raw)
-            except ValueError:
-                kind = "boolean (0/1)" if OPTIONS[key] is _parse_bool else OPTIONS[key].__name__
-                raise DiffexError(f"ledits option {key}={raw!r} is not a valid {kind}") from None
+        parsed.update(specs.typed("ledits", options, OPTIONS))
         if parsed["size"] <= 0 or parsed["size"] % 32:
             raise DiffexError(f"ledits option size={parsed['size']} must be a positive multiple of 32")
         if parsed["steps"] < 1:
@@ -646,11 +626,9 @@ class LeditsSession(EditSession):
         side = path.with_suffix(".json")
         if not (path.exists() and side.exists()):
             return None
-        from safetensors.torch import load_file
-
         try:
             values = json.loads(side.read_text())
-            tensors = load_file(str(path))
+            tensors = models.load_safetensors(path)
         except Exception:
             return None  # a torn or foreign file: recompute and overwrite
         required = {*self.editor.state_tensors, "scheduler_timesteps"}
@@ -667,13 +645,10 @@ class LeditsSession(EditSession):
         side = path.with_suffix(".json")
         record = {**values, "key": self.inversion_key(seed), "image_id": self.image_id,
                   "editor_id": self.editor.editor_id, "seed": int(seed)}
-        # Write to temporary names and rename, so a crash never leaves a half file under the key.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-        save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp))
-        tmp_side = tmp.with_suffix(".json")
-        tmp_side.write_text(json.dumps(record, sort_keys=True))
-        os.replace(tmp_side, side)
-        os.replace(tmp, path)
+        # Written whole or not at all (the sidecar first), so a crash never leaves a half file under the key.
+        atomic.write_text(side, json.dumps(record, sort_keys=True))
+        with atomic.atomic_path(path) as tmp:
+            save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp))
 
     # ----- edits -------------------------------------------------------------------------
     def reconstruct(self) -> Image.Image:

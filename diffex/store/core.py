@@ -614,16 +614,30 @@ class Store:
                FROM embedders m ORDER BY m.created_at DESC, m.embedder_id"""
         )
 
+    def _named(self, rows: list[dict], table: str, id_col: str, which: str | None) -> dict | None:
+        """The first of `rows` (listed newest first) that `which` names by the one resolve rule,
+        the SQL macro named_by (schema/views.sql); the first row when `which` is None."""
+        if which is None:
+            return rows[0] if rows else None
+        spec = "spec" if table != "taxonomies" else "NULL"
+        with self.hold():
+            ids = {r[0] for r in self.con.execute(
+                f"SELECT {id_col} FROM {table} WHERE named_by(?, {id_col}, {spec}, name)", [str(which)]).fetchall()}
+        return next((r for r in rows if r[id_col] in ids), None)
+
+    def find_embedder(self, which: str | None = None) -> dict | None:
+        """The embedder `which` names (id, 6-char id prefix, name or spec), the newest when None;
+        None when it names none (it may be a SPEC to load)."""
+        return self._named(self.embedders(), "embedders", "embedder_id", which)
+
     def resolve_embedder(self, which: str | None = None) -> dict:
         """The embedder named by id, id prefix, name or spec; else the most recently registered."""
         rows = self.embedders()
         if not rows:
             raise DiffexError(f"{self.path} has no embeddings (index it with `diffex index --embedder SPEC`)")
-        if which is None:
-            return rows[0]
-        for r in rows:
-            if which in (r["embedder_id"], r["spec"], r["name"]) or (len(which) >= 6 and r["embedder_id"].startswith(which)):
-                return r
+        found = self._named(rows, "embedders", "embedder_id", which)
+        if found is not None:
+            return found
         raise DiffexError(f"embedder {which!r} has no vectors in {self.path}; known: {', '.join(r['spec'] or r['name'] for r in rows)}")
 
     def embedded_items(self, embedder_id: str, item_ids: Sequence[str]) -> set[str]:
@@ -797,11 +811,9 @@ class Store:
         rows = self.taxonomy_versions()
         if not rows:
             raise DiffexError(f"{self.path} has no taxonomy yet (run `diffex index` or `diffex taxonomy propose`)")
-        if which is None:
-            return rows[0]
-        for r in rows:
-            if which in (r["taxonomy_id"], r["name"]) or (len(which) >= 6 and r["taxonomy_id"].startswith(which)):
-                return r
+        found = self._named(rows, "taxonomies", "taxonomy_id", which)
+        if found is not None:
+            return found
         raise DiffexError(f"unknown taxonomy {which!r}; see `diffex taxonomy versions --db {self.path}`")
 
     def taxonomy_node_rows(self, taxonomy_id: str) -> list[dict]:
@@ -841,15 +853,13 @@ class Store:
 
     def resolve_classifier(self, which: str | None = None) -> dict:
         """The classifier named by id, id prefix, name or spec; else the pinned one, else the most
-        recently indexed (the rule of the SQL macro pick_classifier)."""
+        recently indexed (the rule of the SQL macros named_by and pick_classifier)."""
         rows = self.classifiers()
         if not rows:
             raise DiffexError(f"{self.path} has no classifiers yet (run `diffex index`)")
-        if which is None:
-            return rows[0]
-        for r in rows:
-            if which in (r["classifier_id"], r["spec"], r["name"]) or (len(which) >= 6 and r["classifier_id"].startswith(which)):
-                return r
+        found = self._named(rows, "classifiers", "classifier_id", which)
+        if found is not None:
+            return found
         raise DiffexError(f"unknown classifier {which!r}; known: {', '.join(r['spec'] or r['name'] for r in rows)}")
 
     def check_class(self, class_name: str, classifier: str | None = None) -> dict:
@@ -898,7 +908,65 @@ class Store:
         }
 
 
-    # ------------------------------------------------------------------ reads for `diffex verify` (diffex/store/verify.py)
+    # ------------------------------------------------------------------ reads for `diffex search`
+    def edit_pixel_hashes(self, edit_ids: Sequence[str]) -> dict[str, str]:
+        """edit id -> sha256 of its output pixels (two edits can make the same picture)."""
+        with self.hold():
+            return dict(self.con.execute(
+                "SELECT edit_id, output_sha256 FROM edits WHERE edit_id IN (SELECT unnest(?))", [list(edit_ids)]
+            ).fetchall())
+
+    def item_kinds(self, item_ids: Sequence[str]) -> dict[str, str]:
+        """item id -> 'image', the edit's kind ('baseline' | 'single' | 'joint'), or its status when
+        it is not 'ok' (a blocked edit's blank pixels are never a search result)."""
+        rows = self._rows(
+            """SELECT edit_id AS item_id, CASE WHEN status = 'ok' THEN kind ELSE status END AS kind
+               FROM edits WHERE edit_id IN (SELECT unnest($ids))
+               UNION ALL SELECT image_id, 'image' FROM images WHERE image_id IN (SELECT unnest($ids))""",
+            {"ids": list(item_ids)},
+        )
+        return {r["item_id"]: r["kind"] for r in rows}
+
+    def describe_edits(self, edit_ids: Sequence[str], classifier_id: str | None, class_name: str | None) -> list[dict]:
+        """Edits with their image, node, validity and (given a classifier and class) effect."""
+        return self._rows(
+            """SELECT e.edit_id, e.image_id, i.uri, e.direction, e.cache_path, array_to_string(e.prompts, ' + ') AS prompt,
+                      (SELECT min(n.label) FROM edit_nodes en JOIN nodes n ON n.node_id = en.node_id WHERE en.edit_id = e.edit_id) AS node,
+                      (SELECT min(n.path) FROM edit_nodes en JOIN nodes n ON n.node_id = en.node_id WHERE en.edit_id = e.edit_id) AS path,
+                      coalesce(ev.valid, TRUE) AS valid, ev.direction_sim,
+                      d.prob_edit AS prob, d.delta_prob
+               FROM edits e JOIN images i ON i.image_id = e.image_id
+               LEFT JOIN edit_validity_current ev ON ev.edit_id = e.edit_id
+               LEFT JOIN (SELECT DISTINCT edit_id, prob_edit, delta_prob FROM edit_deltas
+                          WHERE classifier_id = $clf AND class_name = $cls) d ON d.edit_id = e.edit_id
+               WHERE e.edit_id IN (SELECT unnest($ids))""",
+            {"ids": list(edit_ids), "clf": classifier_id, "cls": class_name},
+        )
+
+    def describe_images(self, image_ids: Sequence[str], classifier_id: str | None, class_name: str | None) -> list[dict]:
+        """Original images in the row shape of describe_edits, with their score for the class."""
+        return self._rows(
+            """SELECT NULL AS edit_id, i.image_id, i.uri, NULL AS direction, NULL AS cache_path, NULL AS prompt,
+                      NULL AS node, NULL AS path, NULL AS valid, NULL AS direction_sim, s.prob, NULL AS delta_prob
+               FROM images i
+               LEFT JOIN class_scores s ON s.item_id = i.image_id AND s.classifier_id = $clf AND s.class_name = $cls
+               WHERE i.image_id IN (SELECT unnest($ids))""",
+            {"ids": list(image_ids), "clf": classifier_id, "cls": class_name},
+        )
+
+    def newest_domain(self) -> str | None:
+        rows = self._rows("SELECT domain FROM taxonomies ORDER BY created_at DESC LIMIT 1")
+        return rows[0]["domain"] if rows else None
+
+    def node_rows(self, node_ids: Sequence[str]) -> list[dict]:
+        """node_id, label, path, depth and the parent's label of each node."""
+        return self._rows(
+            """SELECT n.node_id, n.label, n.path, n.depth, p.label AS parent FROM nodes n
+               LEFT JOIN nodes p ON p.node_id = n.parent_id WHERE n.node_id IN (SELECT unnest(?))""",
+            [list(node_ids)],
+        )
+
+    # ------------------------------------------------------------------ reads for `diffex verify` (diffex/indexing/verify.py)
     def edit_files(self) -> list[dict]:
         """Every edit's edit_id, status, output_sha256 and cache_path, by edit id."""
         return self._rows("SELECT edit_id, status, output_sha256, cache_path FROM edits ORDER BY edit_id")

@@ -32,7 +32,7 @@ from typing import Any, Protocol, Sequence
 
 from PIL import Image
 
-from .. import models
+from .. import models, specs
 from ..errors import DiffexError, UsageError
 from ..hashing import hash_image, hash_json, sha256_bytes
 from ..images import expand_image_paths, load_image
@@ -172,8 +172,8 @@ class HFVLM:
         if not model_id:
             raise UsageError("hf VLM spec needs a model id or path, e.g. hf:HuggingFaceTB/SmolVLM-256M-Instruct")
         self.spec = f"hf:{model_id}"
-        model_id, options = models.split_spec("hf", model_id, {"allow_pickle": "1 accepts pickle weights"})
-        self.allow_pickle = models.flag(options, "allow_pickle")
+        model_id, options = specs.split_spec("hf", model_id, {"allow_pickle": "1 accepts pickle weights"})
+        self.allow_pickle = specs.flag(options, "allow_pickle")
         self.model_id = model_id
         self.max_new_tokens = max_new_tokens
         self.device = device

@@ -45,8 +45,8 @@ from typing import Iterator
 from ..embedding import vectors
 from ..errors import DiffexError
 from ..hashing import hash_image
-from .locks import index_run_lock
-from .core import Store
+from ..store.locks import index_run_lock
+from ..store.core import Store
 
 EXAMPLES = 3  # ids or paths shown per check
 _PREFIX = re.compile(r"^[0-9a-f]{2}$")
