@@ -19,7 +19,7 @@ REPO = PACKAGE.parent
 # The same table is drawn in docs/architecture.md. Patterns match dotted module names.
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", [r"diffex\.(errors|types|hashing|progress|images|specs|models|atomic)"]),
-    ("backends", [r"diffex\.demo(\..*)?", r"diffex\.taxonomy", r"diffex\.taxonomy\.(tree|formats|vlm.*)",
+    ("backends", [r"diffex\.demo(\..*)?", r"diffex\.taxonomy", r"diffex\.taxonomy\.(tree|formats|answer|vlm.*)",
                   r"diffex\.editing", r"diffex\.editing\.(?!stage$).*",
                   r"diffex\.scoring", r"diffex\.scoring\.(?!stage$).*",
                   r"diffex\.embedding", r"diffex\.embedding\.(base|clip|clip_text)"]),

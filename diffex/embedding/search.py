@@ -15,7 +15,7 @@ import numpy as np
 
 from .stage import TextTemplates
 from . import Embedder, load_embedder
-from ..errors import DiffexError, UsageError
+from ..errors import DiffexError, OptionError, UsageError
 from ..images import load_image
 from ..store.core import Store
 from .vectors import VectorIndex
@@ -102,9 +102,9 @@ def search(
     if text is not None and not str(text).strip():
         raise UsageError("empty query text")
     if kind not in KINDS:
-        raise UsageError(f"unknown --kind {kind!r}; valid: {', '.join(KINDS)}")
+        raise OptionError("kind", f"{kind!r} is unknown; valid: {', '.join(KINDS)}")
     if k < 1:
-        raise UsageError(f"--k must be at least 1, got {k}")
+        raise OptionError("k", f"must be at least 1, got {k}")
     store = _open(db, cache_dir)
     try:
         clf = store.check_class(class_name, classifier) if class_name is not None else None
@@ -181,7 +181,7 @@ def nodes_like(
     if not text or not str(text).strip():
         raise UsageError("empty query text")
     if k < 1:
-        raise UsageError(f"--k must be at least 1, got {k}")
+        raise OptionError("k", f"must be at least 1, got {k}")
     store = _open(db, cache_dir)
     try:
         emb, row = _text_embedder(store, embedder)
