@@ -19,7 +19,7 @@ from ..editing.stage import EditRequest, baseline_request, ensure_edits
 from ..editing import Editor, load_editor
 from ..embedding.stage import TextTemplates, embed_nodes, ensure_embeddings, ensure_validity
 from ..embedding import load_embedder
-from ..errors import DiffexError, UsageError
+from ..errors import DiffexError
 from ..images import read_images
 from ..store.locks import index_run_lock
 from ..store.core import Store, check_db_path
@@ -121,7 +121,7 @@ class _Run:
                 self.ed.check_image(im, rec.uri)
             except DiffexError as exc:
                 if editor is None:  # the default was chosen for the user: say so, and what to give instead
-                    raise UsageError(f"no editor given, and the default (demo) only edits demo-world images: {exc}") from None
+                    raise DiffexError(f"no editor given, and the default (demo) only edits demo-world images: {exc}") from None
                 raise
         self.targets = list(opts.classes) if opts.classes else list(self.clf.class_names)
         unknown = [c for c in self.targets if c not in self.clf.class_names]

@@ -289,6 +289,16 @@ class Store(Writes, EffectReads, EmbeddingRows, UserReads):
                 f"SELECT {id_col} FROM {table} WHERE named_by(?, {id_col}, {spec}, name)", [str(which)]).fetchall()}
         return next((r for r in rows if r[id_col] in ids), None)
 
+    def _resolve(self, rows: list[dict], table: str, id_col: str, which: str | None, empty: str, unknown) -> dict:
+        """_named's row; DiffexError(empty) when there are no rows, DiffexError(unknown(rows)) when
+        `which` names none."""
+        if not rows:
+            raise DiffexError(empty)
+        found = self._named(rows, table, id_col, which)
+        if found is None:
+            raise DiffexError(unknown(rows))
+        return found
+
     def _keys(self, table: str, id_col: str, key_col: str, ids: Sequence[str]) -> dict[str, int]:
         """{id: surrogate key} for the ids present (table and columns from fixed call sites)."""
         if not ids:

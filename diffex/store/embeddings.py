@@ -32,13 +32,10 @@ class EmbeddingRows:
 
     def resolve_embedder(self, which: str | None = None) -> dict:
         """The embedder named by id, id prefix, name or spec; else the most recently registered."""
-        rows = self.embedders()
-        if not rows:
-            raise DiffexError(f"{self.path} has no embeddings (index it with `diffex index --embedder SPEC`)")
-        found = self._named(rows, "embedders", "embedder_id", which)
-        if found is not None:
-            return found
-        raise DiffexError(f"embedder {which!r} has no vectors in {self.path}; known: {', '.join(r['spec'] or r['name'] for r in rows)}")
+        return self._resolve(self.embedders(), "embedders", "embedder_id", which,
+                             f"{self.path} has no embeddings (index it with `diffex index --embedder SPEC`)",
+                             lambda rows: f"embedder {which!r} has no vectors in {self.path}; "
+                                          f"known: {', '.join(r['spec'] or r['name'] for r in rows)}")
 
     def embedded_items(self, embedder_id: str, item_ids: Sequence[str]) -> set[str]:
         if not item_ids:

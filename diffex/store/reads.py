@@ -24,13 +24,9 @@ class UserReads:
 
     def resolve_taxonomy(self, which: str | None = None) -> dict:
         """The version named by id, id prefix (6+ characters) or name (its newest); else the newest."""
-        rows = self.taxonomy_versions()
-        if not rows:
-            raise DiffexError(f"{self.path} has no taxonomy yet (run `diffex index` or `diffex taxonomy propose`)")
-        found = self._named(rows, "taxonomies", "taxonomy_id", which)
-        if found is not None:
-            return found
-        raise DiffexError(f"unknown taxonomy {which!r}; see `diffex taxonomy versions --db {self.path}`")
+        return self._resolve(self.taxonomy_versions(), "taxonomies", "taxonomy_id", which,
+                             f"{self.path} has no taxonomy yet (run `diffex index` or `diffex taxonomy propose`)",
+                             lambda rows: f"unknown taxonomy {which!r}; see `diffex taxonomy versions --db {self.path}`")
 
     def taxonomy_node_rows(self, taxonomy_id: str) -> list[dict]:
         """The active nodes of one version, in the order they were added (parents before children)."""
@@ -70,13 +66,9 @@ class UserReads:
     def resolve_classifier(self, which: str | None = None) -> dict:
         """The classifier named by id, id prefix, name or spec; else the pinned one, else the most
         recently indexed (the rule of the SQL macros named_by and pick_classifier)."""
-        rows = self.classifiers()
-        if not rows:
-            raise DiffexError(f"{self.path} has no classifiers yet (run `diffex index`)")
-        found = self._named(rows, "classifiers", "classifier_id", which)
-        if found is not None:
-            return found
-        raise DiffexError(f"unknown classifier {which!r}; known: {', '.join(r['spec'] or r['name'] for r in rows)}")
+        return self._resolve(self.classifiers(), "classifiers", "classifier_id", which,
+                             f"{self.path} has no classifiers yet (run `diffex index`)",
+                             lambda rows: f"unknown classifier {which!r}; known: {', '.join(r['spec'] or r['name'] for r in rows)}")
 
     def check_class(self, class_name: str, classifier: str | None = None) -> dict:
         clf = self.resolve_classifier(classifier)
