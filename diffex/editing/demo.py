@@ -10,6 +10,7 @@ unchanged image, like a silently failed diffusion edit.
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,6 +18,7 @@ from PIL import Image
 
 from ..demo.world import OPTIONAL_SLOTS, WORLD_VERSION, FaceSpec, normalise_prompt, render, resolve_prompt, spec_from_image
 from ..errors import DiffexError
+from ..specs import split_spec, typed
 from ..types import Concept
 from .base import EditSession, Editor
 
@@ -43,20 +45,31 @@ def apply_concepts(spec: FaceSpec, concepts: Sequence[Concept], seed: int) -> Fa
 
 
 class DemoSession(EditSession):
-    def __init__(self, spec: FaceSpec):
-        self.spec = spec
+    def __init__(self, spec: FaceSpec, delay_s: float = 0.0):
+        self.spec, self.delay_s = spec, delay_s
 
     def reconstruct(self) -> Image.Image:
+        self._wait()
         return render(self.spec)
 
     def edit(self, concepts: Sequence[Concept], seed: int) -> Image.Image:
+        self._wait()
         return render(apply_concepts(self.spec, concepts, seed))
+
+    def _wait(self) -> None:
+        if self.delay_s:  # stands for a diffusion edit's cost (bench/ray_scaling.py)
+            time.sleep(self.delay_s)
 
 
 class DemoEditor(Editor):
     """Edits only images that carry demo-world metadata (written by `diffex demo`)."""
 
     name = "demo"
+
+    def __init__(self, delay_ms: float = 0.0, fail_image: str = ""):
+        # neither changes pixels, so neither is in `config` (the editor id): a slow or failing
+        # run shares its edits with a plain `demo` run
+        self.delay_ms, self.fail_image = delay_ms, fail_image
 
     @property
     def config(self) -> dict[str, Any]:
@@ -68,7 +81,10 @@ class DemoEditor(Editor):
 
     def open(self, image: Image.Image, image_id: str, cache_dir: Path) -> DemoSession:
         """Raises DiffexError if `image` has no embedded demo spec."""
-        return DemoSession(self._spec(image, getattr(image, "filename", "") or f"image {image_id[:12]}"))
+        if self.fail_image and image_id.startswith(self.fail_image):
+            raise RuntimeError(f"demo editor asked to fail on image {image_id[:12]} (fail_image={self.fail_image})")
+        return DemoSession(self._spec(image, getattr(image, "filename", "") or f"image {image_id[:12]}"),
+                           self.delay_ms / 1000.0)
 
     @staticmethod
     def _spec(image: Image.Image, where: str) -> FaceSpec:
@@ -80,7 +96,15 @@ class DemoEditor(Editor):
 
 
 def from_spec(rest: str) -> DemoEditor:
-    """`demo` takes no options."""
-    if rest:
-        raise DiffexError(f"the demo editor takes no options, got 'demo:{rest}'; use 'demo'")
-    return DemoEditor()
+    """`demo`, or `demo:?delay_ms=200` (sleep that long per edit, standing for a diffusion
+    edit's cost) and `demo:?fail_image=PREFIX` (raise on images whose id starts with PREFIX:
+    fault handling made testable). Neither changes the editor id."""
+    target, options = split_spec("demo", rest, {"delay_ms": "milliseconds slept per edit",
+                                                "fail_image": "raise on images whose id starts with this"},
+                                 needs_target=False)
+    if target:
+        raise DiffexError(f"the demo editor takes no model, got 'demo:{rest}'; use 'demo' or 'demo:?delay_ms=200'")
+    opts = typed("demo", options, {"delay_ms": float, "fail_image": str})
+    if opts.get("delay_ms", 0) < 0:
+        raise DiffexError(f"delay_ms must be 0 or more, got {opts['delay_ms']:g}")
+    return DemoEditor(**opts)
