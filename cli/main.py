@@ -159,9 +159,15 @@ def demo(db, n_images, classifier, samples, as_json) -> None:
               help="After the walk, edit combinations of N semantics together (0 = off, 2-5) and report the best per class.")
 @click.option("--joint-top", type=int, default=None,
               help="Combine among the top M single nodes per class (default: max(beam, 4)).")
+@click.option("--ray", "ray", default=None, is_flag=False, flag_value="local", metavar="[ADDRESS|local]",
+              help="Run the edit, classify and embed work on Ray actors (pip install 'diffex[ray]'): `local` (the "
+                   "default value) starts Ray on this machine, else a cluster address; this process alone writes DB.")
+@click.option("--ray-actors", type=int, default=None, help="Ray actors (default: one per GPU, else one per CPU).")
+@click.option("--ray-gpus-per-actor", type=float, default=None, help="GPUs per Ray actor (default 1 when there are GPUs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's counts as one JSON object.")
 def index(db, image_specs, more_images, taxonomy, classifier, editor, beam, samples, depth, min_delta, classes,
-          directions, require_gain, cache_dir, embedder, validity_threshold, joint, joint_top, as_json) -> None:
+          directions, require_gain, cache_dir, embedder, validity_threshold, joint, joint_top, ray, ray_actors,
+          ray_gpus_per_actor, as_json) -> None:
     """Edit, score and store: fill DB with what every semantic does to the classifier."""
     from diffex.indexing.indexer import run_index
 
@@ -173,6 +179,7 @@ def index(db, image_specs, more_images, taxonomy, classifier, editor, beam, samp
                       min_delta=min_delta, classes=classes or None, directions=directions,
                       require_gain=require_gain, cache_dir=cache_dir, embedder=embedder,
                       validity_threshold=validity_threshold, joint=joint, joint_top=joint_top,
+                      ray=ray, ray_actors=ray_actors, ray_gpus_per_actor=ray_gpus_per_actor,
                       progress=not as_json and sys.stderr.isatty())
     if as_json:
         _print_json(stats.to_dict())
@@ -183,6 +190,9 @@ def index(db, image_specs, more_images, taxonomy, classifier, editor, beam, samp
         if stats.edits_blocked:
             click.echo(f"{stats.edits_blocked} edits blanked by the model's safety checker: stored as 'blocked' and "
                        "left out of every effect (the editor option safety=0 loads the model without it)")
+        if stats.edits_failed:
+            click.echo(f"{stats.edits_failed} edits of {len(stats.failures)} image groups failed (stored as 'failed', "
+                       "left out of every effect); the same command retries them")
         for cls, best in stats.best_joint.items():
             click.echo(f"best joint for {cls}: {' + '.join(best['nodes'])}  mean delta P {best['mean_delta_prob']:+.4f}"
                        f" (sum of singles {best['sum_single_delta_prob'] or 0:+.4f})")

@@ -169,7 +169,7 @@ class _Run:
 
         opts = self.opts
         placement = RayPlacement(opts.ray, opts.ray_actors, opts.ray_gpus_per_actor,
-                                 str(opts.ray_temp_dir) if opts.ray_temp_dir else None)
+                                 str(opts.ray_temp_dir) if opts.ray_temp_dir else None, opts.ray_shared_cache)
         self.executor = start_pool(placement, self.ed, self.clf, self.emb, self.given_specs, self.store.cache.root)
         try:
             yield self.executor

@@ -45,6 +45,7 @@ class IndexOptions:
     ray_actors: int | None = None
     ray_gpus_per_actor: float | None = None
     ray_temp_dir: "str | Path | None" = None
+    ray_shared_cache: bool | None = None  # False: pictures travel as bytes even when workers see the cache
 
     def validate(self) -> "IndexOptions":
         """Raise OptionError for the first bad value; returns self."""
