@@ -1,4 +1,5 @@
-"""Editor registry: a SPEC string names a backend and its model, e.g. `demo` or `ledits:PATH`."""
+"""Editor registry: a SPEC string names a backend and its model, e.g. `demo`, `ledits:PATH`,
+`ip2p:PATH` or a user's own editor, `python:PATH_OR_MODULE:ATTR`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ EDITORS: dict[str, str] = {
     "demo": "diffex.editors.demo:from_spec",
     "ledits": "diffex.editors.ledits:from_spec",
     "ledits-xl": "diffex.editors.ledits:from_spec_xl",
+    "ip2p": "diffex.editors.ip2p:from_spec",
+    "python": "diffex.editors.python_spec:from_spec",
 }
 
 
