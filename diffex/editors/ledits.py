@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -54,9 +53,10 @@ from PIL import Image
 
 from .. import models
 from ..errors import DiffexError
-from ..hashing import hash_files, hash_json
+from ..hashing import hash_json
 from ..types import DIRECTIONS, Concept
 from .base import EditOutput, EditSession, Editor
+from .diffusers_model import hub_commit as _hub_commit, local_model_hash as _local_model_hash  # shared with ip2p
 
 
 def _parse_bool(raw: str) -> bool:
@@ -101,10 +101,6 @@ def inversion_key(image_id: str, editor_id: str, seed: int) -> str:
     return hash_json({"image": image_id, "editor": editor_id, "seed": int(seed)})[:32]
 
 
-# Weight and config files whose bytes define a local model's identity.
-_IDENTITY_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
-
-
 def parse_spec(rest: str) -> tuple[str, dict[str, str]]:
     """Split `MODEL[?k=v&...]` into the model and raw option strings; unknown keys raise."""
     model, _, query = rest.partition("?")
@@ -123,23 +119,6 @@ def from_spec(rest: str) -> "LeditsEditor":
 
 def from_spec_xl(rest: str) -> "LeditsXLEditor":
     return LeditsXLEditor(*parse_spec(rest))
-
-
-def _hub_commit(model: str, revision: str) -> str | None:
-    """The commit `revision` of hub model `model` resolves to in the local Hugging Face cache
-    (a 40-hex revision is a commit already), or None when the cache does not have it."""
-    if re.fullmatch(r"[0-9a-f]{40}", revision):
-        return revision
-    snapshot = models.hub_snapshot(model, revision)  # .../models--org--name/snapshots/<commit>
-    return snapshot.name if snapshot is not None else None
-
-
-def _local_model_hash(path: Path) -> str:
-    """sha256 over the weight and config files of a saved pipeline (relative name + bytes)."""
-    files = [p for p in path.rglob("*") if p.is_file() and p.suffix in _IDENTITY_SUFFIXES]
-    if not any(p.suffix in (".safetensors", ".bin") for p in files):
-        raise DiffexError(f"{path} holds no .safetensors/.bin weights; expected a directory saved with save_pretrained")
-    return hash_files(path, files)
 
 
 class LeditsEditor(Editor):
