@@ -10,6 +10,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine oversubscribed
+    torch threads make each UNet call ~10x slower; restored afterwards. Autouse in every test
+    module that imports it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # Words the tiny tokenizer encodes as single tokens; anything else falls back to bytes.
 WORDS = ("a", "photo", "of", "person", "beard", "hat", "glasses", "smile", "red", "blue", "dog", "cat")
 

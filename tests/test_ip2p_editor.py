@@ -13,12 +13,12 @@ from PIL import Image
 
 pytest.importorskip("diffusers")
 
-from diffex.editors import load_editor  # noqa: E402
-from diffex.editors.ip2p import instruction  # noqa: E402
+from diffex.editing import load_editor  # noqa: E402
+from diffex.editing.ip2p import instruction  # noqa: E402
 from diffex.errors import DiffexError  # noqa: E402
 from diffex.types import Concept  # noqa: E402
 
-from ledits_fixtures import build_tiny_ip2p  # noqa: E402
+from ledits_fixtures import build_tiny_ip2p, one_torch_thread  # noqa: E402,F401 (autouse)
 
 OPTIONS = "?size=64&steps=2"
 BEARD = Concept("beard", "add")
@@ -28,17 +28,6 @@ HAT = Concept("hat", "add")
 
 def _bytes(image: Image.Image) -> bytes:
     return np.asarray(image).tobytes()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads on a shared 2-core machine; restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

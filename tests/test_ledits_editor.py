@@ -14,12 +14,12 @@ from PIL import Image
 
 pytest.importorskip("diffusers")
 
-from diffex.editors import load_editor  # noqa: E402
+from diffex.editing import load_editor  # noqa: E402
 from diffex.errors import DiffexError  # noqa: E402
 from diffex.hashing import hash_image  # noqa: E402
 from diffex.types import Concept  # noqa: E402
 
-from ledits_fixtures import build_tiny_sd  # noqa: E402
+from ledits_fixtures import build_tiny_sd, one_torch_thread  # noqa: E402,F401 (autouse)
 
 OPTIONS = "?size=64&steps=4"
 BEARD = Concept("beard", "add")
@@ -29,18 +29,6 @@ HAT = Concept("hat", "add")
 
 def _bytes(image: Image.Image) -> bytes:
     return np.asarray(image).tobytes()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine oversubscribed
-    torch threads make each UNet call ~10x slower; restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +230,7 @@ def test_attention_store_regroups_rows_per_image():
     import torch
     from diffusers.pipelines.ledits_pp import pipeline_leditspp_stable_diffusion as module
 
-    from diffex.editors.ledits import _PerImageAttentionStore
+    from diffex.editing.ledits import _PerImageAttentionStore
 
     fixed = type("LeditsAttentionStore", (_PerImageAttentionStore, module.LeditsAttentionStore), {})
     prompts, images, heads, res, tokens = 2, 3, 4, (2, 2), 5
@@ -280,7 +268,7 @@ def test_batched_images_match_one_at_a_time(model_path, tmp_path, monkeypatch):
     import diffusers.pipelines.ledits_pp.pipeline_leditspp_stable_diffusion as module
     import torch
 
-    from diffex.editors import ledits
+    from diffex.editing import ledits
 
     recorded: dict = {}
     aggregate = module.LeditsAttentionStore.aggregate_attention

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from diffex import run_index
-from diffex.editors import load_editor
+from diffex.editing import load_editor
 from diffex.errors import DiffexError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
