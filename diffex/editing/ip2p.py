@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image
 
-from .. import models
+from .. import models, specs
 from ..errors import DiffexError
 from ..types import DIRECTIONS, Concept
 from . import diffusers_model as dm
@@ -43,35 +43,34 @@ KIND = "InstructPix2Pix"
 PIPELINE = "StableDiffusionInstructPix2PixPipeline"
 RECONSTRUCT_SEED = 0
 JOINT = " and "
-OPTIONS: dict[str, str] = {
-    "size": "square input size, multiple of 32 (512)",
-    "steps": "sampling steps (100)",
-    "guidance": "text guidance scale (7.5)",
-    "image_guidance": "image guidance scale (1.5)",
-    "add": "instruction to add a concept, {} = its prompt ('add {}')",
-    "remove": "instruction to remove one ('remove {}')",
-    "device": "cuda or cpu",
-    "dtype": ", ".join(dm.DTYPES),
-    "batch": "images per pipeline call (1)",
-    "safety": "1 keeps the model's safety checker (1)",
-    "revision": "hub branch, tag or commit",
-    "allow_pickle": "1 accepts pickle weights (0)",
+# option -> (parser, help shown for an unknown option)
+OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "size": (int, "square input size, multiple of 32 (512)"),
+    "steps": (int, "sampling steps (100)"),
+    "guidance": (float, "text guidance scale (7.5)"),
+    "image_guidance": (float, "image guidance scale (1.5)"),
+    "add": (str, "instruction to add a concept, {} = its prompt ('add {}')"),
+    "remove": (str, "instruction to remove one ('remove {}')"),
+    "device": (str, "cuda or cpu"),
+    "dtype": (str, ", ".join(dm.DTYPES)),
+    "batch": (int, "images per pipeline call (1)"),
+    "safety": (specs.parse_bool, "1 keeps the model's safety checker (1)"),
+    "revision": (str, "hub branch, tag or commit"),
+    "allow_pickle": (specs.parse_bool, "1 accepts pickle weights (0)"),
 }
 DEFAULTS: dict[str, Any] = {"size": 512, "steps": 100, "guidance": 7.5, "image_guidance": 1.5,
-                            "add": "add {}", "remove": "remove {}", "batch": 1}
-
-
-def _number(options: dict[str, str], key: str, cast: Callable, check: Callable[[Any], bool], rule: str):
-    raw = options.get(key)
-    if raw is None:
-        return DEFAULTS[key]
-    try:
-        value = cast(raw)
-    except ValueError:
-        value = None
-    if value is None or not check(value):
-        raise DiffexError(f"ip2p option {key}={raw!r} must be {rule}")
-    return value
+                            "add": "add {}", "remove": "remove {}", "batch": 1, "safety": True,
+                            "allow_pickle": False}
+# option -> (rule it must meet, the rule in words)
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "size": (lambda v: v > 0 and v % 32 == 0, "a positive multiple of 32"),
+    "steps": (lambda v: v >= 1, ">= 1"),
+    "guidance": (lambda v: v >= 0, ">= 0"),
+    "image_guidance": (lambda v: v >= 0, ">= 0"),
+    "batch": (lambda v: v >= 1, ">= 1"),
+    "add": (lambda v: v.count("{}") == 1, "text with {} once, where the concept goes"),
+    "remove": (lambda v: v.count("{}") == 1, "text with {} once, where the concept goes"),
+}
 
 
 def instruction(concepts: Sequence[Concept], templates: dict[str, str]) -> str:
@@ -91,20 +90,15 @@ class InstructPix2PixEditor(Editor):
     name = "ip2p"
 
     def __init__(self, model: str, options: dict[str, str]):
-        o = options
+        o = {**DEFAULTS, **specs.typed("ip2p", options, {k: parser for k, (parser, _) in OPTIONS.items()})}
+        for key, (rule, words) in RULES.items():
+            if not rule(o[key]):
+                raise DiffexError(f"ip2p option {key}={o[key]!r} must be {words}")
         self.model = model
-        self.size = _number(o, "size", int, lambda v: v > 0 and v % 32 == 0, "a positive multiple of 32")
-        self.steps = _number(o, "steps", int, lambda v: v >= 1, "an integer >= 1")
-        self.guidance = _number(o, "guidance", float, lambda v: v >= 0, "a number >= 0")
-        self.image_guidance = _number(o, "image_guidance", float, lambda v: v >= 0, "a number >= 0")
-        self.batch = _number(o, "batch", int, lambda v: v >= 1, "an integer >= 1")
-        self.templates = {d: o.get(d, DEFAULTS[d]) for d in DIRECTIONS}
-        for direction, template in self.templates.items():
-            if template.count("{}") != 1:
-                raise DiffexError(f"ip2p option {direction}={template!r} must contain {{}} once (where the concept goes)")
-        self.safety = models.flag({"safety": o.get("safety", "1")}, "safety")
-        self.allow_pickle = models.flag(o, "allow_pickle")
-        self.revision = o.get("revision")
+        self.size, self.steps, self.batch = o["size"], o["steps"], o["batch"]
+        self.guidance, self.image_guidance = o["guidance"], o["image_guidance"]
+        self.templates = {d: o[d] for d in DIRECTIONS}
+        self.safety, self.allow_pickle, self.revision = o["safety"], o["allow_pickle"], o.get("revision")
         self.device, self.dtype = dm.device_and_dtype("ip2p", o.get("device"), o.get("dtype"))
         self.local_path = dm.local_path(KIND, model)
         self._config: dict[str, Any] | None = None
@@ -220,4 +214,4 @@ class InstructPix2PixSession(EditSession):
 
 
 def from_spec(rest: str) -> InstructPix2PixEditor:
-    return InstructPix2PixEditor(*models.split_spec("ip2p", rest, OPTIONS))
+    return InstructPix2PixEditor(*specs.split_spec("ip2p", rest, {k: words for k, (_, words) in OPTIONS.items()}))
