@@ -141,7 +141,8 @@ def demo(db, n_images, classifier, samples, as_json) -> None:
 @click.option("--taxonomy", type=click.Path(), required=True, help="Semantic hierarchy: .json, .yaml/.yml, or an indented .txt/.md outline.")
 @click.option("--classifier", required=True, help="Classifier SPEC: demo:v1, demo:v2, python:PATH_OR_MODULE:ATTR, hf:MODEL_ID_OR_PATH, "
                    "torchscript:PATH?class_names=a,b&size=224&mean=...&std=..., clip:MODEL_ID_OR_PATH?labels=a,b")
-@click.option("--editor", default=None, help="Editor SPEC: demo, ledits:MODEL_ID_OR_PATH[?opts], ... (default: demo, which edits only demo-world images).")
+@click.option("--editor", default=None, help="Editor SPEC: demo, ledits:MODEL_ID_OR_PATH[?opts], ip2p:MODEL_ID_OR_PATH[?opts], "
+              "python:PATH_OR_MODULE:ATTR, ... (default: demo, which edits only demo-world images).")
 @click.option("--beam", type=int, default=8, show_default=True, help="Nodes kept per class at each level; 0 expands the whole tree.")
 @click.option("--samples", type=int, default=4, show_default=True, help="Edit seeds per (image, node).")
 @click.option("--depth", type=int, default=None, help="Deepest level to score (default: all).")
