@@ -18,11 +18,11 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
-from diffex.demo.run import run_demo
+from diffex.indexing.demo_run import run_demo
 from diffex.hashing import edit_id_for, hash_image
 from diffex.report import write_report
 from diffex.store import Store
-from diffex.taxonomy import load_taxonomy
+from diffex.taxonomy.tree import load_taxonomy
 from diffex.types import EditRecord, ImageRecord
 
 POOL = 1500  # distinct edited pictures: more than the report ever shows, so none are shared by luck

@@ -44,7 +44,7 @@ def _index_first(db, classifier, images, taxonomy) -> str:
     """Index `classifier` with the arguments of the store's last index run (its editor, beam,
     samples, directions, embedder), so only what is missing is computed: for a retrained
     classifier, its forward passes over the cached edits. Returns its classifier id."""
-    from diffex.indexer import run_index
+    from diffex.indexing.indexer import run_index
     from diffex.store import Store
 
     with Store.open(db, read_only=True) as store:

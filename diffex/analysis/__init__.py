@@ -1,2 +1,2 @@
-"""Analyses over a filled store: beam search, comparison, adaptive schedules, confounds and the
-policy checks of `diffex check` (policy.py)."""
+"""Analysis over stored results: beam search over the taxonomy (beam.py), comparing
+classifier versions (compare.py) and the policy checks of `diffex check` (policy.py)."""

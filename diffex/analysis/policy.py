@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import DiffexError, UsageError
 from ..store import Store
-from ..taxonomy import normalise_label
+from ..taxonomy.tree import normalise_label
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -142,7 +142,7 @@ def _resolve(store: Store, which: str, where: str) -> dict:
 
 def evaluate(db: "str | Path", classifier: str, policy: "str | Path") -> CheckReport:
     """Evaluate every rule of `policy` for `classifier` (id, prefix, name or spec) in `db`."""
-    from ..compare import compare_classifiers  # moves to diffex/analysis/ with issue 11
+    from .compare import compare_classifiers
 
     rules = load_policy(policy)
     results = []

@@ -208,7 +208,7 @@ def gather(db: "str | Path", class_name: str, classifier: str | None = None, com
 
 def _compare(db, a: str, b: str, class_name: str, direction: str, meta: dict) -> dict[str, Any]:
     """A (--compare) against B (--classifier): the paired permutation test of `diffex compare`."""
-    from ..compare import compare_classifiers  # moves to diffex/analysis/ with issue 11
+    from ..analysis.compare import compare_classifiers
 
     result = compare_classifiers(db, a, b, class_name, direction=direction)
     rows = [asdict(r) for r in result.rows]

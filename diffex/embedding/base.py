@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-# Used when a model ships no calibrated threshold (see diffex/embed.py): InstructPix2Pix
+# Used when a model ships no calibrated threshold (see diffex/embedding/stage.py): InstructPix2Pix
 # kept generated edit pairs whose CLIP directional similarity was at least 0.2.
 DEFAULT_VALIDITY_THRESHOLD = 0.2
 
@@ -21,7 +21,7 @@ class Embedder(ABC):
     name: str = "embedder"
     spec: str = ""
     metric: str = "cosine"
-    # directional-similarity threshold of edit validity for this model (diffex/embed.py)
+    # directional-similarity threshold of edit validity for this model (diffex/embedding/stage.py)
     validity_threshold: float = DEFAULT_VALIDITY_THRESHOLD
 
     @property

@@ -10,8 +10,8 @@ from .base import DEFAULT_VALIDITY_THRESHOLD, Embedder
 # prefix -> "module:factory"; the factory takes the text after "prefix:" ("" when absent).
 # Imported lazily so `diffex query` never pays for torch or transformers.
 EMBEDDERS: dict[str, str] = {
-    "clip": "diffex.embedders.clip:from_spec",
-    "demo": "diffex.embedders.clip:demo_from_spec",
+    "clip": "diffex.embedding.clip:from_spec",
+    "demo": "diffex.embedding.clip:demo_from_spec",
 }
 
 
