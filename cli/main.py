@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import warnings
+from pathlib import Path
 
 import click
 
@@ -132,6 +133,7 @@ def demo(db, n_images, classifier, samples, as_json) -> None:
     click.echo("(n_invalid: edits the demo CLIP judged not to show the concept, left out of the effect)")
     click.echo(f"Ask more: diffex query --db {result['db']} \"SELECT * FROM top_subtypes('{result['class']}', 10)\"")
     click.echo(f"          diffex search --db {result['db']} \"a face with a goatee\" --class {result['class']} --k 5")
+    click.echo(f"Report: file://{Path(result['report']).resolve()}  ({result['report_bytes'] / 1e6:.2f} MB, open it in a browser)")
 
 
 @cli.command()
@@ -371,6 +373,11 @@ cli.add_command(taxonomy)
 from .compare_cmd import compare  # noqa: E402 (one command in its own file)
 
 cli.add_command(compare)
+
+from .report_cmds import check, report  # noqa: E402 (issue 14: the HTML report and the CI policy gate)
+
+cli.add_command(report)
+cli.add_command(check)
 
 
 if __name__ == "__main__":
