@@ -240,7 +240,7 @@ class RayPool:
                     missing: dict[str, list[EditRequest]], cache_root: Path, progress: Callable | None = None
                     ) -> Iterator[tuple[list[str], list[EditResult]]]:
         """Each group on the actor its first image belongs to; (group, results) as they finish."""
-        ray, n = self.ray, len(self.actors)
+        n = len(self.actors)
         position = {i: k for k, i in enumerate(images)}
         queues = [deque() for _ in range(n)]
         for group in groups:
@@ -253,31 +253,50 @@ class RayPool:
             bars += [progress(total=sum(size(g) for g in q), desc=f"  actor {k}", unit="edit", position=k + 1)
                      for k, q in enumerate(queues) if q]
         bar_of = {k: bars[1 + j] for j, k in enumerate(k for k, q in enumerate(queues) if q)} if bars else {}
-        inflight: dict[Any, tuple[int, list[str]]] = {}
 
-        def submit(k: int) -> None:
-            while queues[k] and sum(1 for a, _ in inflight.values() if a == k) < IN_FLIGHT:
-                group = queues[k].popleft()
-                refs = [self._picture(i, images[i]) for i in group]
-                reqs = [r for i in group for r in missing[i]]
-                inflight[self.actors[k].edit.remote(group, reqs, *refs)] = (k, group)
+        def next_task(k: int):
+            if not queues[k]:
+                return None
+            group = queues[k].popleft()
+            refs = [self._picture(i, images[i]) for i in group]
+            reqs = [r for i in group for r in missing[i]]
+            return self.actors[k].edit.remote(group, reqs, *refs), group
 
         try:
-            for k in range(n):
-                submit(k)
-            while inflight:
-                [ref], _ = ray.wait(list(inflight), num_returns=1)
-                k, group = inflight.pop(ref)
-                results = self._get(ref, lambda why: failed_group(group, missing, why))
-                submit(k)
+            lost = lambda group, why: failed_group(group, missing, why)  # noqa: E731
+            for k, group, results in self._drain(next_task, lost):
                 for bar in (bars[:1] + [bar_of[k]]) if bars else []:
                     bar.update(len(results))
                 yield group, results
         finally:
-            for ref in inflight:
-                ray.cancel(ref, force=False)
             for bar in bars:
                 bar.close()
+
+    def _drain(self, next_task: Callable[[int], Any], on_lost: Callable[[Any, str], Any] | None = None):
+        """Keep IN_FLIGHT tasks queued on each actor: `next_task(k)` submits actor k's next task
+        and returns (ref, payload), or None when it has none left. Yields (k, payload, result)
+        as tasks finish; a lost task's result is `on_lost(payload, reason)` (or it raises)."""
+        inflight: dict[Any, tuple[int, Any]] = {}
+
+        def fill(k: int) -> None:
+            while sum(1 for a, _ in inflight.values() if a == k) < IN_FLIGHT:
+                task = next_task(k)
+                if task is None:
+                    return
+                inflight[task[0]] = (k, task[1])
+
+        try:
+            for k in range(len(self.actors)):
+                fill(k)
+            while inflight:
+                [ref], _ = self.ray.wait(list(inflight), num_returns=1)
+                k, payload = inflight.pop(ref)
+                result = self._get(ref, None if on_lost is None else (lambda why: on_lost(payload, why)))
+                fill(k)
+                yield k, payload, result
+        finally:
+            for ref in inflight:
+                self.ray.cancel(ref, force=False)
 
     def _picture(self, image_id: str, image: Image.Image) -> Any:
         """An original image in Ray's object store, put once per run and shared by every task."""
@@ -308,31 +327,21 @@ class RayPool:
         """kind 'score' (items (id, loader): result (logits, probs)) or 'embed' (items
         (id, kind, loader): result vectors). Chunks go to whichever actor is free;
         (chunk, result) as they finish."""
-        ray, n = self.ray, len(self.actors)
         pending = deque(chunks)
         bar = progress(total=sum(len(c) for c in chunks), desc=desc, unit="img") if progress and chunks else None
-        inflight: dict[Any, tuple[int, Sequence[tuple]]] = {}
 
-        def submit(k: int) -> None:
-            while pending and sum(1 for a, _ in inflight.values() if a == k) < IN_FLIGHT:
-                chunk = pending.popleft()
-                blobs = [_blob(item[-1], self.shared) for item in chunk]
-                inflight[getattr(self.actors[k], kind).remote(blobs)] = (k, chunk)
+        def next_task(k: int):
+            if not pending:
+                return None
+            chunk = pending.popleft()
+            return getattr(self.actors[k], kind).remote([_blob(item[-1], self.shared) for item in chunk]), chunk
 
         try:
-            for k in range(n):
-                submit(k)
-            while inflight:
-                [ref], _ = ray.wait(list(inflight), num_returns=1)
-                k, chunk = inflight.pop(ref)
-                result = self._get(ref)
-                submit(k)
+            for _, chunk, result in self._drain(next_task):
                 if bar is not None:
                     bar.update(len(chunk))
                 yield chunk, result
         finally:
-            for ref in inflight:
-                ray.cancel(ref, force=False)
             if bar is not None:
                 bar.close()
 
