@@ -1,0 +1,193 @@
+"""Adaptive samples (issue 12): the same answer for a fraction of the diffusion.
+
+One run, on the demo world (classifier demo:v1, class "old") with an editor that behaves like a
+diffusion editor, four schedules, all indexed by `run_index` into one store:
+  (b) diffex fixed: beam 8, 4 samples of every node (`--samples 4`), inversions cached;
+  (c) diffex adaptive: `--samples auto` (beam 8, top 10, at most 4 seeds);
+  ground truth: every node, 16 samples (beam 0), indexed last so it reuses (b) and (c);
+  (a) the reference schedule (beam 8, top_k 25, 4 samples of every keyword, shared/docs/METHOD.md)
+      draws exactly the edits of (b): same nodes, seeds and baseline (the demo reconstruction is
+      the original), so its answer is (b)'s; it differs in cost, re-inverting for every edit.
+(b) runs first in the fresh store, so its beam sees only its own edits; (c) decides from its own
+draws only, whatever else the store holds (tests/test_adaptive.py checks that).
+
+Cost: UNet evaluations by the LEDITS++ cost model (docs/ledits.md): inversion T, edit 2T,
+baseline 0 with a cached inversion. (a) = 3T per edit; (b), (c) = T per distinct (image, seed)
++ 2T per edit (IndexStats.image_seeds, edits_requested). The model is checked once against UNet
+calls counted on the tiny LEDITS++ pipeline (tests/ledits_fixtures.py) for a fixed and an
+adaptive run. Answer quality: each schedule's top-10 by |mean delta P(old)| from its own draws,
+overlap with the ground truth's top-10.
+
+The editor (DiffusionLike, below; a bench-only editor, since the demo editor's misbehaviour
+options are on another branch): the demo editor's group-level edits already land on a random
+sub-type per (image, seed); on top, each edit fails (returns the image unchanged) with a
+probability drawn per (image, prompt) in [fail, fail + resist], so a share of edits fail and an
+edit's effect varies from image to image as a diffusion edit's does.
+
+Usage: python bench/adaptive_cost.py [--images 24 --fail 0.1 --resist 0.4 --steps 10]
+Last line: unet_evals_ratio=<adaptive/reference> top10_overlap=<adaptive> reference_top10_overlap=<reference>
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from diffex.demo.world import render  # noqa: E402
+from diffex.editing.demo import DemoEditor, DemoSession, apply_concepts  # noqa: E402
+from diffex.types import Concept  # noqa: E402
+
+
+class _Session(DemoSession):
+    def __init__(self, spec, fail: float, resist: float):
+        super().__init__(spec)
+        self.fail, self.resist = fail, resist
+
+    def edit(self, concepts: Sequence[Concept], seed: int):
+        key = "|".join(f"{c.direction}:{c.prompt}" for c in concepts)
+        # how much this image resists this prompt: fixed per (image, prompt), as a diffusion
+        # editor finds some pictures hard to edit; then each sample fails or not
+        p_fail = self.fail + self.resist * random.Random(f"bench-resist:{self.spec.seed}:{key}").random()
+        if random.Random(f"bench-fail:{self.spec.seed}:{seed}:{key}").random() < p_fail:
+            return render(self.spec)
+        return render(apply_concepts(self.spec, concepts, seed))
+
+
+class DiffusionLike(DemoEditor):
+    """The demo editor with diffusion-like failures (see the module docstring)."""
+
+    name = "bench-diffusion-like"
+
+    def __init__(self, fail: float = 0.1, resist: float = 0.4):
+        self.fail, self.resist = fail, resist
+
+    @property
+    def config(self):
+        return {**super().config, "fail": self.fail, "resist": self.resist}
+
+    def open(self, image, image_id, cache_dir):
+        return _Session(super().open(image, image_id, cache_dir).spec, self.fail, self.resist)
+
+
+def top_of(rows: dict[str, float], k: int = 10) -> list[str]:
+    return [n for n, _ in sorted(rows.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:k]]
+
+
+def check_cost_model(work: Path, steps: int) -> None:
+    """Count real UNet calls of run_index with the ledits: editor on the tiny pipeline, fixed and
+    adaptive, against T * image_seeds + 2T * edits."""
+    import torch
+    from bench.ledits_cost import UnetCounter, make_classifier, make_images
+    from diffex import run_index
+    from diffex.editing import load_editor
+    from ledits_fixtures import build_tiny_sd
+
+    torch.set_num_threads(1)
+    model = build_tiny_sd(work / "tiny-sd")
+    (work / "ledits-images").mkdir()
+    paths = [str(p) for p in make_images(work / "ledits-images", 3, 32)]
+    taxonomy = {"domain": "bench", "categories": {"red": ["crimson", "scarlet"], "blue": [], "beard": []}}
+    for name, knobs in (("fixed", dict(samples=2, beam=0)), ("auto", dict(samples="auto", max_seeds=2, budget=14))):
+        editor = load_editor(f"ledits:{model}?size=32&steps={steps}&skip=0.1")
+        counter = UnetCounter(editor.pipeline().unet)
+        stats = run_index(work / f"ledits-{name}.duckdb", paths, taxonomy, make_classifier(), editor, **knobs)
+        predicted = steps * stats.image_seeds + 2 * steps * stats.edits_computed
+        print(f"cost model check ({name}, tiny LEDITS++ pipeline, T={steps}): {stats.edits_computed} edits on "
+              f"{stats.image_seeds} (image, seed) pairs -> predicted {predicted} UNet evals, counted {counter.evals}"
+              f" ({'match' if predicted == counter.evals else 'MISMATCH'})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--fail", type=float, default=0.1, help="least failure probability of an edit")
+    parser.add_argument("--resist", type=float, default=0.4, help="per-(image, prompt) extra failure probability, up to")
+    parser.add_argument("--truth-samples", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10, help="T, diffusion steps of the cost model and the check")
+    parser.add_argument("--no-check", action="store_true", help="skip the UNet count check on the tiny pipeline")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+
+    from diffex import run_index
+    from diffex.indexing.demo_run import prepare_inputs
+    from diffex.store.core import Store
+
+    T = args.steps
+    with tempfile.TemporaryDirectory(prefix="diffex-adaptive-") as tmp:
+        work = Path(tmp)
+        if not args.no_check:
+            from diffusers.utils import logging as dlogging
+
+            dlogging.set_verbosity_error()
+            dlogging.disable_progress_bar()
+            check_cost_model(work, T)
+        db = work / "bench.duckdb"
+        inputs = prepare_inputs(db, args.images)
+        images = [str(p) for p in inputs.images]
+        editor = DiffusionLike(args.fail, args.resist)
+        common = dict(classes=["old"], progress=False)
+        results = {}
+        for name, knobs in (("fixed", dict(beam=8, samples=4)), ("adaptive", dict(beam=8, samples="auto", top=10)),
+                            ("truth", dict(beam=0, samples=args.truth_samples))):
+            t0 = time.perf_counter()
+            stats = run_index(db, images, inputs.taxonomy, "demo:v1", editor, **knobs, **common)
+            with Store.open(db, read_only=True, shared=False) as store:
+                nodes = {n["node_id"]: n["label"] for n in store._rows("SELECT node_id, label FROM nodes")}
+                if name == "adaptive":  # its answer from its own draws (the store also holds (b)'s)
+                    rows = store._rows("SELECT node_id, mean_delta_prob FROM schedule_nodes s JOIN runs r USING (run_id) "
+                                       "JOIN nodes n USING (node_key) WHERE r.run_id = (SELECT run_id FROM runs ORDER BY "
+                                       "started_at DESC LIMIT 1) AND class_index = 1 AND mean_delta_prob IS NOT NULL")
+                    effects = {nodes[r["node_id"]]: r["mean_delta_prob"] for r in rows}
+                    reasons = stats.stop_reasons
+                else:
+                    scored = store._rows("SELECT node_id FROM schedule_nodes s JOIN nodes n USING (node_key) WHERE "
+                                         "run_id = (SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1) "
+                                         "AND stop_reason = 'fixed'")
+                    found = store.node_effects_for(stats.classifier_id, stats.editor_id, [r["node_id"] for r in scored],
+                                                   [r["image_id"] for r in store._rows("SELECT image_id FROM images")])
+                    effects = {nodes[n]: v for (n, d, c), v in found.items() if c == "old"}
+                    reasons = {}
+            results[name] = {"stats": stats, "effects": effects, "reasons": reasons, "wall": time.perf_counter() - t0}
+
+        truth = top_of(results["truth"]["effects"])
+        fixed, adaptive = results["fixed"]["stats"], results["adaptive"]["stats"]
+        cost = {
+            "(a) reference": 3 * T * fixed.edits_requested,
+            "(b) diffex fixed": T * fixed.image_seeds + 2 * T * fixed.edits_requested,
+            "(c) diffex adaptive": T * adaptive.image_seeds + 2 * T * adaptive.edits_requested,
+        }
+        answers = {"(a) reference": results["fixed"], "(b) diffex fixed": results["fixed"], "(c) diffex adaptive": results["adaptive"]}
+        print(f"\nworkload: {args.images} demo images, 39 nodes, class old (demo:v1), editor fail {args.fail} + up to "
+              f"{args.resist} per (image, prompt); T={T}")
+        print(f"ground truth top-10 (every node, {args.truth_samples} samples): {', '.join(truth)}")
+        print(f"{'schedule':<22}{'nodes':>6}{'edits':>7}{'img-seeds':>10}{'UNet evals':>12}{'ratio':>7}{'top10':>7}")
+        overlap = {}
+        for name, r in answers.items():
+            st = r["stats"]
+            top = top_of(r["effects"])
+            overlap[name] = len(set(top) & set(truth)) / 10
+            seeds = st.edits_requested if name.startswith("(a)") else st.image_seeds
+            print(f"{name:<22}{st.nodes_scored:>6}{st.edits_requested:>7}{seeds:>10}{cost[name]:>12}"
+                  f"{cost[name] / cost['(a) reference']:>7.3f}{overlap[name]:>7.2f}")
+        print(f"adaptive stop reasons: {results['adaptive']['reasons']}; top-10: {', '.join(top_of(results['adaptive']['effects']))}")
+        print(f"wall s (busy shared machine, indicative): fixed {results['fixed']['wall']:.0f}, adaptive "
+              f"{results['adaptive']['wall']:.0f}, truth {results['truth']['wall']:.0f}")
+        ratio = cost["(c) diffex adaptive"] / cost["(a) reference"]
+        print(f"unet_evals_ratio={ratio:.3f} top10_overlap={overlap['(c) diffex adaptive']:.2f} "
+              f"reference_top10_overlap={overlap['(a) reference']:.2f}")
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
