@@ -84,6 +84,41 @@ def top_of(rows: dict[str, float], k: int = 10) -> list[str]:
     return [n for n, _ in sorted(rows.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:k]]
 
 
+def exact_deltas(paths: Sequence[str], nodes, editor, classifier, samples: int):
+    """delta P(old) of every node on every image for seeds 0..samples-1, computed in process with
+    the same editor and classifier objects run_index uses (no store: the slow part made cheap).
+    Returns an array [node, image, seed]."""
+    import numpy as np
+
+    from diffex.images import load_image
+    from diffex.scoring import score_images
+
+    col = list(classifier.class_names).index("old")
+    out = np.zeros((len(nodes), len(paths), samples))
+    for j, path in enumerate(paths):
+        session = editor.open(load_image(Path(path)), str(j), None)
+        base = score_images(classifier, [session.reconstruct()])[1][0, col]
+        for a, node in enumerate(nodes):
+            edits = [session.edit((Concept(node.prompt, "add"),), s) for s in range(samples)]
+            out[a, j] = score_images(classifier, edits)[1][:, col] - base
+    return out
+
+
+def agreement(deltas, rng, rounds: int = 200) -> tuple[float, float, float]:
+    """How stable the ground truth's top-10 is: (split-half over seeds, mean and least top-10
+    overlap of `rounds` bootstrap resamples of the images with the full top-10)."""
+    import numpy as np
+
+    def top(d):
+        return set(np.argsort(-np.abs(d.mean(axis=(1, 2))), kind="stable")[:10])
+
+    half = deltas.shape[2] // 2
+    split = len(top(deltas[:, :, :half]) & top(deltas[:, :, half:])) / 10
+    full = top(deltas)
+    boot = [len(top(deltas[:, rng.integers(0, deltas.shape[1], deltas.shape[1])]) & full) / 10 for _ in range(rounds)]
+    return split, float(np.mean(boot)), float(np.min(boot))
+
+
 def check_cost_model(work: Path, steps: int) -> None:
     """Count real UNet calls of run_index with the ledits: editor on the tiny pipeline, fixed and
     adaptive, against T * image_seeds + 2T * edits."""
@@ -115,13 +150,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resist", type=float, default=0.4, help="per-(image, prompt) extra failure probability, up to")
     parser.add_argument("--truth-samples", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10, help="T, diffusion steps of the cost model and the check")
+    parser.add_argument("--classifier", default=f"python:{ROOT / 'bench' / 'palette_classifier.py'}:palette",
+                        help="the classifier SPEC (default: the bench's palette classifier; demo:v1 for the old workload)")
     parser.add_argument("--no-check", action="store_true", help="skip the UNet count check on the tiny pipeline")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
 
+    import numpy as np
+
     from diffex import run_index
     from diffex.indexing.demo_run import prepare_inputs
+    from diffex.scoring import load_classifier
     from diffex.store.core import Store
+    from diffex.taxonomy.tree import load_taxonomy
 
     T = args.steps
     with tempfile.TemporaryDirectory(prefix="diffex-adaptive-") as tmp:
@@ -132,57 +173,68 @@ def main(argv: list[str] | None = None) -> None:
             dlogging.set_verbosity_error()
             dlogging.disable_progress_bar()
             check_cost_model(work, T)
-        db = work / "bench.duckdb"
-        inputs = prepare_inputs(db, args.images)
+        inputs = prepare_inputs(work / "inputs.duckdb", args.images)
         images = [str(p) for p in inputs.images]
+        tax = load_taxonomy(inputs.taxonomy)
+        labels = {n.node_id: n.label for n in tax.nodes}
         editor = DiffusionLike(args.fail, args.resist)
+        classifier = load_classifier(args.classifier)
         common = dict(classes=["old"], progress=False)
         results = {}
-        for name, knobs in (("fixed", dict(beam=8, samples=4)), ("adaptive", dict(beam=8, samples="auto", top=10)),
-                            ("truth", dict(beam=0, samples=args.truth_samples))):
+        for name, knobs in (("fixed", dict(beam=8, samples=4)), ("adaptive", dict(beam=8, samples="auto", top=10))):
             t0 = time.perf_counter()
-            stats = run_index(db, images, inputs.taxonomy, "demo:v1", editor, **knobs, **common)
+            db = work / f"{name}.duckdb"  # a fresh store each: neither sees the other's edits
+            stats = run_index(db, images, inputs.taxonomy, classifier, editor, **knobs, **common)
             with Store.open(db, read_only=True, shared=False) as store:
-                nodes = {n["node_id"]: n["label"] for n in store._rows("SELECT node_id, label FROM nodes")}
-                if name == "adaptive":  # its answer from its own draws (the store also holds (b)'s)
-                    rows = store._rows("SELECT node_id, mean_delta_prob FROM schedule_nodes s JOIN runs r USING (run_id) "
-                                       "JOIN nodes n USING (node_key) WHERE r.run_id = (SELECT run_id FROM runs ORDER BY "
-                                       "started_at DESC LIMIT 1) AND class_index = 1 AND mean_delta_prob IS NOT NULL")
-                    effects = {nodes[r["node_id"]]: r["mean_delta_prob"] for r in rows}
-                    reasons = stats.stop_reasons
-                else:
-                    scored = store._rows("SELECT node_id FROM schedule_nodes s JOIN nodes n USING (node_key) WHERE "
-                                         "run_id = (SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1) "
-                                         "AND stop_reason = 'fixed'")
-                    found = store.node_effects_for(stats.classifier_id, stats.editor_id, [r["node_id"] for r in scored],
+                rows = store._rows("SELECT n.node_id, s.mean_delta_prob FROM schedule_nodes s JOIN nodes n USING (node_key) "
+                                   "WHERE s.n_samples > 0 "
+                                   "AND s.mean_delta_prob IS NOT NULL AND s.class_index = ?",
+                                   [list(classifier.class_names).index("old")])
+                if name == "fixed":  # the store's effect (every stored sample) of each node the beam scored
+                    found = store.node_effects_for(stats.classifier_id, stats.editor_id, [r["node_id"] for r in rows],
                                                    [r["image_id"] for r in store._rows("SELECT image_id FROM images")])
-                    effects = {nodes[n]: v for (n, d, c), v in found.items() if c == "old"}
-                    reasons = {}
-            results[name] = {"stats": stats, "effects": effects, "reasons": reasons, "wall": time.perf_counter() - t0}
+                    effects = {labels[n]: v for (n, d, c), v in found.items() if c == "old"}
+                else:  # the schedule's own estimate from its own draws (the same samples, here)
+                    effects = {labels[r["node_id"]]: r["mean_delta_prob"] for r in rows}
+            results[name] = {"stats": stats, "effects": effects, "wall": time.perf_counter() - t0}
 
-        truth = top_of(results["truth"]["effects"])
+        t0 = time.perf_counter()
+        deltas = exact_deltas(images, tax.nodes, editor, classifier, args.truth_samples)
+        truth_wall = time.perf_counter() - t0
+        truth_effects = {n.label: float(deltas[a].mean()) for a, n in enumerate(tax.nodes)}
+        truth = top_of(truth_effects)
+        # the in-process truth is the store's model exactly: seeds 0..3 of it are (b)'s samples
+        first4 = {n.label: float(deltas[a, :, :4].mean()) for a, n in enumerate(tax.nodes)}
+        drift = max(abs(first4[k] - v) for k, v in results["fixed"]["effects"].items())
+        split, boot_mean, boot_min = agreement(deltas, np.random.default_rng(0))
+
         fixed, adaptive = results["fixed"]["stats"], results["adaptive"]["stats"]
         cost = {
             "(a) reference": 3 * T * fixed.edits_requested,
             "(b) diffex fixed": T * fixed.image_seeds + 2 * T * fixed.edits_requested,
             "(c) diffex adaptive": T * adaptive.image_seeds + 2 * T * adaptive.edits_requested,
         }
-        answers = {"(a) reference": results["fixed"], "(b) diffex fixed": results["fixed"], "(c) diffex adaptive": results["adaptive"]}
-        print(f"\nworkload: {args.images} demo images, 39 nodes, class old (demo:v1), editor fail {args.fail} + up to "
-              f"{args.resist} per (image, prompt); T={T}")
-        print(f"ground truth top-10 (every node, {args.truth_samples} samples): {', '.join(truth)}")
+        answers = {"(a) reference": results["fixed"], "(b) diffex fixed": results["fixed"],
+                   "(c) diffex adaptive": results["adaptive"]}
+        ranked = sorted(truth_effects.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
+        print(f"\nworkload: {args.images} demo images, {len(tax.nodes)} nodes, class old of {args.classifier.rsplit('/', 1)[-1]}, "
+              f"editor fail {args.fail} + up to {args.resist} per (image, prompt); T={T}")
+        print(f"ground truth (every node, {args.truth_samples} samples, in process, {truth_wall:.0f} s): "
+              + ", ".join(f"{k} {v:+.3f}" for k, v in ranked[:14]) + f"; 15th+ |effect| <= {abs(ranked[14][1]):.3f}")
+        print(f"ground truth stability: top-10 split-half (seeds 0-{args.truth_samples // 2 - 1} vs rest) {split:.2f}; "
+              f"bootstrap over images mean {boot_mean:.2f}, least {boot_min:.2f}; store vs in-process drift {drift:.1e}")
         print(f"{'schedule':<22}{'nodes':>6}{'edits':>7}{'img-seeds':>10}{'UNet evals':>12}{'ratio':>7}{'top10':>7}")
         overlap = {}
         for name, r in answers.items():
             st = r["stats"]
-            top = top_of(r["effects"])
-            overlap[name] = len(set(top) & set(truth)) / 10
+            overlap[name] = len(set(top_of(r["effects"])) & set(truth)) / 10
             seeds = st.edits_requested if name.startswith("(a)") else st.image_seeds
             print(f"{name:<22}{st.nodes_scored:>6}{st.edits_requested:>7}{seeds:>10}{cost[name]:>12}"
                   f"{cost[name] / cost['(a) reference']:>7.3f}{overlap[name]:>7.2f}")
-        print(f"adaptive stop reasons: {results['adaptive']['reasons']}; top-10: {', '.join(top_of(results['adaptive']['effects']))}")
+        missed = sorted(set(truth) - set(top_of(results["adaptive"]["effects"])))
+        print(f"adaptive stop reasons: {adaptive.stop_reasons}; missed from the truth's top-10: {', '.join(missed) or 'none'}")
         print(f"wall s (busy shared machine, indicative): fixed {results['fixed']['wall']:.0f}, adaptive "
-              f"{results['adaptive']['wall']:.0f}, truth {results['truth']['wall']:.0f}")
+              f"{results['adaptive']['wall']:.0f}")
         ratio = cost["(c) diffex adaptive"] / cost["(a) reference"]
         print(f"unet_evals_ratio={ratio:.3f} top10_overlap={overlap['(c) diffex adaptive']:.2f} "
               f"reference_top10_overlap={overlap['(a) reference']:.2f}")
