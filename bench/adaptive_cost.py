@@ -196,7 +196,12 @@ def main(argv: list[str] | None = None) -> None:
                     effects = {labels[n]: v for (n, d, c), v in found.items() if c == "old"}
                 else:  # the schedule's own estimate from its own draws (the same samples, here)
                     effects = {labels[r["node_id"]]: r["mean_delta_prob"] for r in rows}
-            results[name] = {"stats": stats, "effects": effects, "wall": time.perf_counter() - t0}
+                    spent = store._rows("SELECT stop_reason, count(*) AS nodes, min(n_samples) AS lo, "
+                                        "round(avg(n_samples)) AS mean, max(n_samples) AS hi FROM schedule_nodes "
+                                        "WHERE class_index = ? GROUP BY ALL ORDER BY stop_reason",
+                                        [list(classifier.class_names).index("old")])
+            results[name] = {"stats": stats, "effects": effects, "wall": time.perf_counter() - t0,
+                             "spent": spent if name == "adaptive" else []}
 
         t0 = time.perf_counter()
         deltas = exact_deltas(images, tax.nodes, editor, classifier, args.truth_samples)
@@ -232,6 +237,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:<22}{st.nodes_scored:>6}{st.edits_requested:>7}{seeds:>10}{cost[name]:>12}"
                   f"{cost[name] / cost['(a) reference']:>7.3f}{overlap[name]:>7.2f}")
         missed = sorted(set(truth) - set(top_of(results["adaptive"]["effects"])))
+        print("adaptive samples per node by stop reason (nodes: least/mean/most; cap "
+              f"{4 * args.images}): " + "; ".join(f"{r['stop_reason']} {r['nodes']}: {r['lo']}/{r['mean']:.0f}/{r['hi']}"
+                                                 for r in results["adaptive"]["spent"]))
         print(f"adaptive stop reasons: {adaptive.stop_reasons}; missed from the truth's top-10: {', '.join(missed) or 'none'}")
         print(f"wall s (busy shared machine, indicative): fixed {results['fixed']['wall']:.0f}, adaptive "
               f"{results['adaptive']['wall']:.0f}")

@@ -5,11 +5,12 @@ extending the same cache, and the same top nodes as the fixed schedule on the ex
 from __future__ import annotations
 
 import random
+import statistics
 
 import pytest
 
 from diffex import run_index
-from diffex.analysis.adaptive import AdaptiveSchedule
+from diffex.analysis.adaptive import AdaptiveSchedule, t_quantile
 from diffex.store.core import Store
 from diffex.taxonomy.tree import load_taxonomy
 
@@ -84,6 +85,49 @@ def test_the_draws_are_deterministic_and_a_larger_budget_extends_them():
     assert "budget" in {s.stop for s in small_schedule.states.values()}
     # the most informative first: every group got its first units before any node a second round
     assert {labels[d.node_id] for d in small[:32]} == {"strong", "zero", "edge", "weak"}
+
+
+def test_t_quantile_is_exact():
+    # table values of Student's t (two-sided)
+    for conf, df, want in ((0.95, 1, 12.706), (0.95, 2, 4.303), (0.95, 7, 2.365), (0.99, 5, 4.032),
+                           (0.999, 10, 4.587), (0.95, 200, 1.972)):
+        assert t_quantile(conf, df) == pytest.approx(want, abs=1e-3)
+
+
+def test_intervals_are_for_these_images_and_corrected_for_repeated_looks():
+    tree = {"domain": "toy", "categories": {f"n{i}": [] for i in range(200)}}
+    tax = load_taxonomy(tree)
+    images = IMAGES[:10]
+    schedule = AdaptiveSchedule(tax.children, images, ["c"], top=10, first=4, max_seeds=4)
+    # looks at 4, 6, 9, 14, 21, 32, 40 units: each interval at 1 - 0.05/7
+    assert schedule.looks == 7 and schedule.look_confidence == pytest.approx(1 - 0.05 / 7)
+    rng = random.Random(7)
+    truth, image_effect = {}, {}
+    for n in tax.nodes:  # effects vary a lot between images, little between seeds
+        centre = rng.choice((0.0, 0.05, 0.3))
+        image_effect[n.node_id] = {i: centre + rng.gauss(0, 0.1) for i in images}
+        truth[n.node_id] = sum(image_effect[n.node_id].values()) / len(images)  # the effect on these images
+    while batch := schedule.next_batch():
+        schedule.observe((d.node_id, d.direction, d.image_id, d.seed, "c",
+                          image_effect[d.node_id][d.image_id] + random.Random(str(d)).gauss(0, 0.02)) for d in batch)
+    estimates = {n: schedule.estimate(n, "add", "c") for n in truth}
+    covered = sum(e.low <= truth[n] <= e.high for n, e in estimates.items())
+    assert covered >= 0.95 * len(truth)
+    # every image drawn, two seeds each: what is left is seed noise, far below the spread between images
+    node = tax.nodes[0].node_id
+    two = AdaptiveSchedule(tax.children, images, ["c"], first=20, max_seeds=4)
+    two.next_batch()
+    two.observe((node, "add", i, s, "c", image_effect[node][i] + random.Random(f"{i}{s}").gauss(0, 0.02))
+                for i in images for s in (0, 1))
+    e = two.estimate(node, "add", "c")
+    spread = statistics.stdev(image_effect[node].values()) / len(images) ** 0.5
+    assert e.n_samples == 20 and e.low <= truth[node] <= e.high and (e.high - e.low) / 2 < 0.02 < spread
+    # one seed of every image: no estimate of the seed noise, so no shrinking on a guess
+    one = AdaptiveSchedule(tax.children, images, ["c"], first=10, max_seeds=4)
+    one.next_batch()
+    one.observe((node, "add", i, 0, "c", image_effect[node][i]) for i in images)
+    e = one.estimate(node, "add", "c")
+    assert (e.high - e.low) / 2 == pytest.approx(t_quantile(one.look_confidence, 9) * spread)
 
 
 def _demo_db(tmp_path, name):

@@ -7,13 +7,17 @@ How it decides (docs/adaptive.md):
   image (images in id order, a content-hash order), then seed 1 of every image, ... up to
   `max_seeds`. A node with k samples holds the first k units, so nodes share inversions and a
   dataset-level effect gets many images before any image gets a second seed.
-- A node starts with `first` units and grows by `growth` per round while its 95% interval
-  (over images, as node_effects) still contains the answer's cut-off for some target class:
-  the midpoint between the `top`-th and (`top`+1)-th strongest scored node (with fewer
-  scored nodes than `top`: zero). It stops as 'in' or 'out' once the interval clears the
-  cut-off, 'close' once the interval's half-width is within `tolerance` (default 0.5) times the
-  cut-off while still containing it (a tie: more samples would not split it), 'cap' at
-  `max_seeds` seeds of every image, 'budget' when the edit budget is spent.
+- A node starts with `first` units and grows by `growth` per round while its interval still
+  contains the answer's cut-off for some target class: the midpoint between the `top`-th and
+  (`top`+1)-th strongest scored node (with fewer scored nodes than `top`: zero). The interval is
+  for the node's effect on the run's images (what node_effects and a fixed run report): a
+  two-stage t interval with the finite-population correction, so once every image is drawn only
+  seed noise is left; and it is taken at 1 - alpha/looks (Bonferroni over the at most `looks`
+  times a node's estimate changes), so early looks do not inflate the error. It stops 'in' or
+  'out' once the interval clears the cut-off, 'close' once the interval's half-width is within
+  `tolerance` (default 0.5) times the cut-off while still containing it (a tie: more samples
+  would not split it), 'cap' at `max_seeds` seeds of every image, 'budget' when the edit budget
+  is spent.
 - A node with children is expanded once it has its first units, unless its upper bound cannot
   reach its level's beam cut-off (the midpoint between the level's `beam`-th and next node) for
   any class; a node that stops that way has its children recorded as 'pruned', never edited.
@@ -27,8 +31,8 @@ How it decides (docs/adaptive.md):
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from dataclasses import dataclass, field
-from statistics import NormalDist
 from typing import Callable, Iterable, Mapping, Sequence
 
 from ..types import Node
@@ -75,15 +79,33 @@ class Estimate:
         return 0.0, max(-self.low, self.high)
 
 
+def _t_central(t: float, df: int) -> float:
+    """P(|T| < t) for Student's t with integer `df` (the closed-form finite series)."""
+    theta = math.atan(t / math.sqrt(df))
+    c2, term, total = math.cos(theta) ** 2, 1.0, 1.0
+    if df % 2:  # odd: (2/pi)(theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...))
+        for j in range(1, (df - 1) // 2):
+            term *= c2 * (2 * j) / (2 * j + 1)
+            total += term
+        return 2 / math.pi * (theta + (math.sin(theta) * math.cos(theta) * total if df > 1 else 0.0))
+    for j in range(1, df // 2):  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+        term *= c2 * (2 * j - 1) / (2 * j)
+        total += term
+    return math.sin(theta) * total
+
+
+@lru_cache(maxsize=4096)
 def t_quantile(confidence: float, df: int) -> float:
-    """Two-sided Student-t quantile (Cornish-Fisher from the normal; within 0.01 for df >= 3)."""
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    """Two-sided Student-t quantile: P(|T| < q) = confidence (exact series, bisection)."""
     if df < 1:
         return math.inf
-    if df <= 2:  # the expansion is poor this low; exact forms for the 95% level suffice here
-        return {1: 12.706, 2: 4.303}[df] * z / 1.959964
-    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+    low, high = 0.0, 1.0
+    while _t_central(high, df) < confidence:
+        high *= 2
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if _t_central(mid, df) < confidence else (low, mid)
+    return high
 
 
 class AdaptiveSchedule:
@@ -123,6 +145,16 @@ class AdaptiveSchedule:
         self.position = {u: p for p, u in enumerate(self.units)}
         self._memo: dict = {}  # estimates, cleared by observe()
         self.cap = len(self.units)
+        self.n_images = len(images)
+        # Bonferroni over looks: a node's interval is recomputed at most `looks` times (once per
+        # unit count it reaches), each at 1 - alpha/looks, so all of them cover its effect
+        # together with probability >= `confidence`, however early the schedule stops it
+        ks, k = [], 0
+        while k < self.cap:
+            k = self._next_k(k)
+            ks.append(k)
+        self.looks = len(ks)
+        self.look_confidence = 1 - (1 - confidence) / self.looks
         self.states: dict[str, _NodeState] = {}
         self.spent = 0  # node edits asked for so far
         self.out_of_budget = False
@@ -218,8 +250,18 @@ class AdaptiveSchedule:
         mean = sum(means) / n
         if n < 2:
             return Estimate(mean, -1.0, 1.0, n, n_samples)
-        sd = math.sqrt(max(0.0, sum((m - mean) ** 2 for m in means) / (n - 1)))
-        half = t_quantile(self.confidence, n - 1) * sd / math.sqrt(n)
+        between = sum((m - mean) ** 2 for m in means) / (n - 1)
+        # the answer is the effect on this run's images (what node_effects and a fixed run
+        # report), so a finite population: drawn images count fully, undrawn ones by sampling.
+        # Two-stage variance: (1 - f) s_b^2 / n for the images, f * sum(s_w^2 / k_i) / n^2 for
+        # the seeds within them; s_w^2 pooled over images with 2+ seeds, else s_b^2 (an upper
+        # bound: it includes the seed noise), so the interval never shrinks on a guess
+        f = n / self.n_images
+        df_w = sum(len(v) - 1 for v in per_image.values())
+        within = (sum((x - sum(v) / len(v)) ** 2 for v in per_image.values() for x in v) / df_w
+                  if df_w else between)
+        var = (1 - f) * between / n + f * sum(within / len(v) for v in per_image.values()) / n**2
+        half = t_quantile(self.look_confidence, n - 1) * math.sqrt(max(0.0, var))
         return Estimate(mean, max(-1.0, mean - half), min(1.0, mean + half), n, n_samples)
 
     def _strongest(self, state: _NodeState, cls: str) -> Estimate | None:
