@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import warnings
+from pathlib import Path
 
 import click
 
@@ -132,6 +133,7 @@ def demo(db, n_images, classifier, samples, as_json) -> None:
     click.echo("(n_invalid: edits the demo CLIP judged not to show the concept, left out of the effect)")
     click.echo(f"Ask more: diffex query --db {result['db']} \"SELECT * FROM top_subtypes('{result['class']}', 10)\"")
     click.echo(f"          diffex search --db {result['db']} \"a face with a goatee\" --class {result['class']} --k 5")
+    click.echo(f"Report: file://{Path(result['report']).resolve()}  ({result['report_bytes'] / 1e6:.2f} MB, open it in a browser)")
 
 
 @cli.command()
@@ -141,7 +143,8 @@ def demo(db, n_images, classifier, samples, as_json) -> None:
 @click.option("--taxonomy", type=click.Path(), required=True, help="Semantic hierarchy: .json, .yaml/.yml, or an indented .txt/.md outline.")
 @click.option("--classifier", required=True, help="Classifier SPEC: demo:v1, demo:v2, python:PATH_OR_MODULE:ATTR, hf:MODEL_ID_OR_PATH, "
                    "torchscript:PATH?class_names=a,b&size=224&mean=...&std=..., clip:MODEL_ID_OR_PATH?labels=a,b")
-@click.option("--editor", default=None, help="Editor SPEC: demo, ledits:MODEL_ID_OR_PATH[?opts], ... (default: demo, which edits only demo-world images).")
+@click.option("--editor", default=None, help="Editor SPEC: demo, ledits:MODEL_ID_OR_PATH[?opts], ip2p:MODEL_ID_OR_PATH[?opts], "
+              "python:PATH_OR_MODULE:ATTR, ... (default: demo, which edits only demo-world images).")
 @click.option("--beam", type=int, default=8, show_default=True, help="Nodes kept per class at each level; 0 expands the whole tree.")
 @click.option("--samples", default="4", show_default=True, metavar="N|auto",
               help="Edit seeds per (image, node), or 'auto': draw images and seeds where the ranking is uncertain.")
@@ -386,6 +389,11 @@ cli.add_command(taxonomy)
 from .compare_cmd import compare  # noqa: E402 (one command in its own file)
 
 cli.add_command(compare)
+
+from .report_cmds import check, report  # noqa: E402 (issue 14: the HTML report and the CI policy gate)
+
+cli.add_command(report)
+cli.add_command(check)
 
 
 if __name__ == "__main__":

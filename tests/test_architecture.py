@@ -18,7 +18,7 @@ REPO = PACKAGE.parent
 # Lowest first; a module may import its own layer and the layers below, never one above.
 # The same table is drawn in docs/architecture.md. Patterns match dotted module names.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundation", [r"diffex\.(errors|types|hashing|progress|images|specs|models|atomic)"]),
+    ("foundation", [r"diffex\.(errors|types|hashing|progress|images|specs|models|atomic|user_code)"]),
     ("backends", [r"diffex\.demo(\..*)?", r"diffex\.taxonomy", r"diffex\.taxonomy\.(tree|formats|answer|vlm.*)",
                   r"diffex\.editing", r"diffex\.editing\.(?!stage$).*",
                   r"diffex\.scoring", r"diffex\.scoring\.(?!stage$).*",

@@ -88,6 +88,8 @@ def run_index(
     the demo editor, which edits only demo-world images: a run over other pictures stops before
     any scoring, asking for an editor. Raises DiffexError on bad input (OptionError for a bad knob).
     """
+    if options is not None and knobs:
+        raise TypeError(f"give the knobs in `options` or as keywords, not both (got {', '.join(knobs)})")
     opts = (options or IndexOptions(**knobs)).validate()
     run = _Run(db, opts)
     run.check_inputs(images, taxonomy, classifier, editor)
