@@ -144,9 +144,11 @@ def check_cost_model(work: Path, steps: int) -> None:
         editor = load_editor(f"ledits:{model}?size=32&steps={steps}&skip=0.1")
         counter = UnetCounter(editor.pipeline().unet)
         stats = run_index(work / f"ledits-{name}.duckdb", paths, taxonomy, make_classifier(), editor, **knobs)
-        predicted = steps * stats.image_seeds + 2 * steps * stats.edits_computed
-        print(f"cost model check ({name}, tiny LEDITS++ pipeline, T={steps}): {stats.edits_computed} edits on "
-              f"{stats.image_seeds} (image, seed) pairs -> predicted {predicted} UNet evals, counted {counter.evals}"
+        # node edits 2T each, one inversion (T) per (image, seed), baselines 0 (read from the inversion)
+        predicted = steps * stats.image_seeds + 2 * steps * stats.edits_requested
+        print(f"cost model check ({name}, tiny LEDITS++ pipeline, T={steps}): {stats.edits_requested} node edits "
+              f"(+{stats.edits_computed - stats.edits_requested} baselines) on {stats.image_seeds} (image, seed) pairs "
+              f"-> predicted {predicted} UNet evals, counted {counter.evals}"
               f" ({'match' if predicted == counter.evals else 'MISMATCH'})")
 
 
