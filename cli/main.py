@@ -146,7 +146,11 @@ def demo(db, n_images, classifier, samples, as_json) -> None:
 @click.option("--editor", default=None, help="Editor SPEC: demo, ledits:MODEL_ID_OR_PATH[?opts], ip2p:MODEL_ID_OR_PATH[?opts], "
               "python:PATH_OR_MODULE:ATTR, ... (default: demo, which edits only demo-world images).")
 @click.option("--beam", type=int, default=8, show_default=True, help="Nodes kept per class at each level; 0 expands the whole tree.")
-@click.option("--samples", type=int, default=4, show_default=True, help="Edit seeds per (image, node).")
+@click.option("--samples", default="4", show_default=True, metavar="N|auto",
+              help="Edit seeds per (image, node), or 'auto': draw images and seeds where the ranking is uncertain.")
+@click.option("--budget", type=int, default=None, help="With --samples auto: at most this many node edits in all.")
+@click.option("--max-seeds", type=int, default=4, show_default=True, help="With --samples auto: most seeds per (image, node).")
+@click.option("--top", type=int, default=10, show_default=True, help="With --samples auto: how many strongest nodes per class to resolve.")
 @click.option("--depth", type=int, default=None, help="Deepest level to score (default: all).")
 @click.option("--min-delta", type=float, default=0.0, show_default=True, help="Expand only nodes with |mean delta P| at least this.")
 @click.option("--classes", multiple=True, help="Target classes of the beam search (repeatable; default all).")
@@ -168,9 +172,9 @@ def demo(db, n_images, classifier, samples, as_json) -> None:
 @click.option("--ray-actors", type=int, default=None, help="Ray actors (default: one per GPU, else one per CPU).")
 @click.option("--ray-gpus-per-actor", type=float, default=None, help="GPUs per Ray actor (default 1 when there are GPUs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's counts as one JSON object.")
-def index(db, image_specs, more_images, taxonomy, classifier, editor, beam, samples, depth, min_delta, classes,
-          directions, require_gain, cache_dir, embedder, validity_threshold, joint, joint_top, ray, ray_actors,
-          ray_gpus_per_actor, as_json) -> None:
+def index(db, image_specs, more_images, taxonomy, classifier, editor, beam, samples, budget, max_seeds, top, depth,
+          min_delta, classes, directions, require_gain, cache_dir, embedder, validity_threshold, joint, joint_top, ray,
+          ray_actors, ray_gpus_per_actor, as_json) -> None:
     """Edit, score and store: fill DB with what every semantic does to the classifier."""
     from diffex.indexing.indexer import run_index
 
@@ -178,7 +182,14 @@ def index(db, image_specs, more_images, taxonomy, classifier, editor, beam, samp
     if not specs:
         raise UsageError("give images with --images PATH_OR_GLOB")
     classes = [c for item in classes for c in item.split(",") if c]
-    stats = run_index(db, specs, taxonomy, classifier, editor, beam=beam, samples=samples, depth=depth,
+    if samples.strip().lower() == "auto":
+        samples = "auto"
+    elif samples.strip().lstrip("-").isdigit():
+        samples = int(samples)
+    else:
+        raise UsageError(f"--samples must be a number of seeds or 'auto', got {samples!r}")
+    stats = run_index(db, specs, taxonomy, classifier, editor, beam=beam, samples=samples, budget=budget,
+                      max_seeds=max_seeds, top=top, depth=depth,
                       min_delta=min_delta, classes=classes or None, directions=directions,
                       require_gain=require_gain, cache_dir=cache_dir, embedder=embedder,
                       validity_threshold=validity_threshold, joint=joint, joint_top=joint_top,
@@ -190,6 +201,10 @@ def index(db, image_specs, more_images, taxonomy, classifier, editor, beam, samp
         click.echo(f"{stats.images} images, {stats.nodes_scored} nodes scored to depth {stats.depth_reached}: "
                    f"edits computed {stats.edits_computed}, reused {stats.edits_reused}; "
                    f"scores computed {stats.scores_computed}; {stats.seconds:.1f} s")
+        if stats.schedule == "auto":
+            click.echo(f"adaptive schedule: {stats.edits_requested} node edits on {stats.image_seeds} (image, seed) pairs; "
+                       "nodes stopped " + ", ".join(f"{r} {n}" for r, n in stats.stop_reasons.items())
+                       + " (see the view node_effects_schedule)")
         if stats.edits_blocked:
             click.echo(f"{stats.edits_blocked} edits blanked by the model's safety checker: stored as 'blocked' and "
                        "left out of every effect (the editor option safety=0 loads the model without it)")

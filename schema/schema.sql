@@ -9,7 +9,7 @@
 -- them unique.
 
 CREATE TABLE diffex_schema (version INTEGER NOT NULL);
-INSERT INTO diffex_schema VALUES (4);
+INSERT INTO diffex_schema VALUES (6);  -- 5: side effects (its own branch); 6: schedule_nodes
 
 CREATE SEQUENCE item_keys START 1;  -- images and edits share one key space: a scored item is either
 CREATE SEQUENCE entity_keys START 1;  -- nodes, editors, classifiers
@@ -232,4 +232,22 @@ CREATE TABLE effect_pair_differing (
     node_key     INTEGER NOT NULL,
     direction    VARCHAR NOT NULL,
     image_key    BIGINT NOT NULL
+);
+
+-- Added in version 6: per index run, how many samples the schedule drew for each node and why
+-- it stopped (in | out | cap | budget | pruned | fixed); see migrations/0006_schedule_nodes.sql.
+CREATE TABLE schedule_nodes (
+    run_id          VARCHAR NOT NULL,
+    classifier_key  INTEGER NOT NULL,
+    editor_key      INTEGER NOT NULL,
+    node_key        INTEGER NOT NULL,
+    direction       VARCHAR NOT NULL,
+    class_index     INTEGER NOT NULL,
+    schedule        VARCHAR NOT NULL,
+    n_images        INTEGER NOT NULL,
+    n_samples       INTEGER NOT NULL,
+    mean_delta_prob DOUBLE,
+    ci_low          DOUBLE,
+    ci_high         DOUBLE,
+    stop_reason     VARCHAR NOT NULL
 );

@@ -707,6 +707,31 @@ JOIN nodes n ON n.node_id = a.node_id
 LEFT JOIN nodes parent ON parent.node_id = n.parent_id, args
 ORDER BY significant DESC, abs(a.mean_diff) DESC, n.path;
 
+-- ------------------------------------------------------------------ schedules (v6)
+-- Per (classifier, editor, node, direction, class): what the latest index run that reached the
+-- node drew for it and why it stopped (diffex/analysis/adaptive.py): 'in' / 'out' (its interval
+-- cleared the answer's cut-off), 'cap' (every image at the most seeds), 'budget', 'pruned'
+-- (its parent could not enter the beam: never edited), 'fixed' (a --samples N run).
+CREATE OR REPLACE VIEW node_schedule AS
+SELECT k.classifier_id, c.class_name, ed.editor_id, n.node_id, n.label AS node, n.path, n.depth,
+       s.direction, s.run_id, s.schedule, s.n_images AS schedule_images, s.n_samples, s.mean_delta_prob,
+       s.ci_low, s.ci_high, s.stop_reason
+FROM (SELECT x.*, row_number() OVER (PARTITION BY x.classifier_key, x.editor_key, x.node_key, x.direction, x.class_index
+                                     ORDER BY r.started_at DESC, x.run_id DESC) AS latest
+      FROM schedule_nodes x JOIN runs r ON r.run_id = x.run_id) s
+JOIN classifiers k ON k.classifier_key = s.classifier_key
+JOIN classes c ON c.classifier_id = k.classifier_id AND c.class_index = s.class_index
+JOIN editors ed ON ed.editor_key = s.editor_key
+JOIN nodes n ON n.node_key = s.node_key
+WHERE s.latest = 1;
+
+-- node_effects (every stored sample) with the latest schedule's sample count and stop reason.
+CREATE OR REPLACE VIEW node_effects_schedule AS
+SELECT e.*, s.schedule, s.n_samples AS schedule_samples, s.stop_reason
+FROM node_effects e
+LEFT JOIN node_schedule s ON s.classifier_id = e.classifier_id AND s.class_name = e.class_name
+     AND s.editor_id = e.editor_id AND s.node_id = e.node_id AND s.direction = e.direction;
+
 -- ------------------------------------------------------------------ report and policy checks (issue 14)
 -- Read by diffex/report/ (`diffex report`) and diffex/analysis/policy.py (`diffex check`)
 -- through Store.report_* methods. They only read; nothing here is recomputed from scores.

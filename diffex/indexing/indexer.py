@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..analysis.adaptive import AdaptiveSchedule
 from ..analysis.beam import joint_candidates, joint_combinations, select_beam
 from ..scoring import Classifier, load_classifier, score_images
 from ..scoring.stage import ensure_scores
@@ -53,6 +54,12 @@ class IndexStats:
     # with joint >= 2: class -> {"nodes", "directions", "mean_delta_prob", "sum_single_delta_prob", "interaction", ...}
     best_joint: dict[str, dict[str, Any]] = field(default_factory=dict)
     joint_combinations: int = 0  # combinations scored with joint edits
+    # the schedule (issue 12): "fixed" (samples N) or "auto"; node edits it asked for (computed or
+    # reused) and the distinct (image, seed) pairs among them (what an inversion-caching editor inverts)
+    schedule: str = "fixed"
+    edits_requested: int = 0
+    image_seeds: int = 0
+    stop_reasons: dict[str, int] = field(default_factory=dict)  # with auto: reason -> nodes
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,7 +98,10 @@ def run_index(
     with run.open_store(), run.open_executor():
         run.register()
         run.score_originals_and_baselines()
-        run.walk_the_beam()
+        if opts.adaptive:
+            run.walk_adaptively()
+        else:
+            run.walk_the_beam()
         if opts.joint:
             run.joint_step()
         run.finish()
@@ -107,6 +117,8 @@ class _Run:
         self.db, self.opts = db, opts
         self.owns_store = not isinstance(db, Store)
         self.progress_bar = _progress_factory(opts.progress)
+        self._requested: set[str] = set()
+        self._image_seeds: set[tuple[str, int]] = set()
 
     # 1. inputs, cheap ones first: a bad file fails in a second, not after loading a checkpoint
     def check_inputs(self, images, taxonomy, classifier, editor) -> None:
@@ -232,6 +244,54 @@ class _Run:
             frontier = [c for n in frontier if n.node_id in expand for c in self.tax.children(n.node_id)]
             level += 1
         stats.nodes_scored = len(self.scored_nodes)
+        self._record_fixed_schedule()
+
+    # 5 (samples "auto"). the adaptive schedule decides (diffex/analysis/adaptive.py); this loop
+    # only runs the edits it asks for, one batch at a time, and hands back what they measured
+    def walk_adaptively(self) -> None:
+        opts, stats, store = self.opts, self.stats, self.store
+        schedule = AdaptiveSchedule(self.tax.children, self.image_ids, self.targets, opts.directions, opts.beam,
+                                    top=opts.top, max_seeds=opts.max_seeds, min_delta=opts.min_delta,
+                                    depth=opts.depth, budget=opts.budget)
+        nodes = self.tax.by_id()
+        while batch := schedule.next_batch():
+            self._edit_score_embed([
+                EditRequest(image_id=d.image_id, concepts=(Concept(nodes[d.node_id].prompt, d.direction),), seed=d.seed,
+                            node_ids=(d.node_id,))
+                for d in batch
+            ])
+            schedule.observe(store.sample_deltas(self.clf.classifier_id, self.ed.editor_id,
+                                                 sorted({d.node_id for d in batch}), self.image_ids, self.targets))
+        records = schedule.records()
+        store.add_schedule(self.run_id, self.clf.classifier_id, self.ed.editor_id, "auto", records)
+        self.scored_nodes = {r["node_id"] for r in records if r["n_samples"]}
+        self.all_effects = {(r["node_id"], r["direction"], r["class_name"]): r["mean_delta_prob"]
+                            for r in records if r["mean_delta_prob"] is not None}
+        for cls in self.targets:
+            stats.beam[cls] = [nodes[n].label for n, _ in schedule.ranking(cls)[: opts.top]]
+        reasons = {s.node.node_id: s.stop for s in schedule.states.values()}
+        stats.stop_reasons = {r: sum(1 for v in reasons.values() if v == r) for r in sorted(set(reasons.values()))}
+        stats.schedule = "auto"
+        stats.nodes_scored = len(self.scored_nodes)
+        stats.depth_reached = max((nodes[n].depth for n in self.scored_nodes), default=0)
+
+    def _record_fixed_schedule(self) -> None:
+        """schedule_nodes rows of a fixed run: 'fixed' for every scored node, 'pruned' for the
+        children of scored nodes the beam did not expand (within the depth asked for)."""
+        opts, n_images = self.opts, len(self.image_ids)
+        rows = []
+        for node in self.tax.nodes:
+            if node.node_id in self.scored_nodes:
+                reason, n = "fixed", n_images
+            elif node.parent_id in self.scored_nodes and (opts.depth is None or node.depth <= opts.depth):
+                reason, n = "pruned", 0
+            else:
+                continue
+            rows.extend({"node_id": node.node_id, "direction": d, "class_name": cls, "n_images": n,
+                         "n_samples": n * opts.seeds, "mean_delta_prob": self.all_effects.get((node.node_id, d, cls)),
+                         "ci_low": None, "ci_high": None, "stop_reason": reason}
+                        for d in opts.directions for cls in self.targets)
+        self.store.add_schedule(self.run_id, self.clf.classifier_id, self.ed.editor_id, "fixed", rows)
 
     # 6. joint step: the best combination of `joint` semantics per target class
     def joint_step(self) -> None:
@@ -249,7 +309,7 @@ class _Run:
         self._edit_score_embed([
             EditRequest(image_id=i, concepts=tuple(Concept(n.prompt, d) for n, d in combo), seed=s,
                         node_ids=tuple(n.node_id for n, _ in combo))
-            for combo in combos for i in self.image_ids for s in range(opts.samples)
+            for combo in combos for i in self.image_ids for s in range(opts.seeds)
         ])
         found = self.store.joint_effects_for(self.clf.classifier_id, self.ed.editor_id, self.image_ids)
         for cls, cs in plans.items():
@@ -266,6 +326,11 @@ class _Run:
     # the unit every step repeats: edit (or reuse), score the edits, embed them and judge validity
     def _edit_score_embed(self, reqs: list[EditRequest]) -> None:
         store, stats, ed = self.store, self.stats, self.ed
+        for r in reqs:  # what the schedule asked for, computed or not (its cost in any cost model)
+            if r.concepts and r.edit_id(ed.editor_id) not in self._requested:
+                self._requested.add(r.edit_id(ed.editor_id))
+                self._image_seeds.add((r.image_id, r.seed))
+        stats.edits_requested, stats.image_seeds = len(self._requested), len(self._image_seeds)
         counts = ensure_edits(store, ed, self.pictures, reqs, self.progress_bar, self.executor)
         stats.edits_computed += counts.computed
         stats.edits_reused += counts.reused

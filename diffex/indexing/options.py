@@ -23,10 +23,12 @@ class IndexOptions:
     `demo`) to store CLIP vectors and judge every edit's validity; validity_threshold overrides
     the embedder's own; text_templates: how concepts become text (default from the taxonomy's
     domain). joint: after the walk, combine `joint` (2..5) semantics per target class among the
-    `joint_top` (default max(beam, 4)) strongest scored nodes of that class."""
+    `joint_top` (default max(beam, 4)) strongest scored nodes of that class. samples="auto": the
+    adaptive schedule draws seeds and images where the ranking is uncertain (budget, max_seeds,
+    top; docs/adaptive.md); a fixed number reproduces the reference schedule exactly."""
 
     beam: int = 8
-    samples: int = 4
+    samples: "int | str" = 4  # or "auto": the adaptive schedule (diffex/analysis/adaptive.py)
     depth: int | None = None
     min_delta: float = 0.0
     classes: Sequence[str] | None = None
@@ -46,11 +48,35 @@ class IndexOptions:
     ray_gpus_per_actor: float | None = None
     ray_temp_dir: "str | Path | None" = None
     ray_shared_cache: bool | None = None  # False: pictures travel as bytes even when workers see the cache
+    # samples="auto" (issue 12): at most `budget` node edits (None: until every node is settled),
+    # at most `max_seeds` seeds per (image, node), resolving the `top` strongest nodes per class
+    budget: int | None = None
+    max_seeds: int = 4
+    top: int = 10
+
+    @property
+    def adaptive(self) -> bool:
+        return self.samples == "auto"
+
+    @property
+    def seeds(self) -> int:
+        """Seeds per edit where a fixed count is needed (the joint step): samples, or max_seeds with auto."""
+        return self.max_seeds if self.adaptive else int(self.samples)
 
     def validate(self) -> "IndexOptions":
         """Raise OptionError for the first bad value; returns self."""
-        if self.samples < 1:
+        if not self.adaptive and (isinstance(self.samples, bool) or not isinstance(self.samples, int)):
+            raise OptionError("samples", f"must be a number of seeds or 'auto', got {self.samples!r}")
+        if not self.adaptive and self.samples < 1:
             raise OptionError("samples", f"must be at least 1, got {self.samples}")
+        if self.budget is not None and not self.adaptive:
+            raise OptionError("budget", "only applies to the adaptive schedule (samples 'auto')")
+        if self.budget is not None and self.budget < 1:
+            raise OptionError("budget", f"must be at least 1 edit, got {self.budget}")
+        if not 1 <= self.max_seeds <= 64:
+            raise OptionError("max_seeds", f"must be 1 to 64, got {self.max_seeds}")
+        if self.top < 1:
+            raise OptionError("top", f"must be at least 1, got {self.top}")
         if self.beam < 0:
             raise OptionError("beam", f"must be 0 (whole tree) or positive, got {self.beam}")
         if self.depth is not None and self.depth < 1:
@@ -79,6 +105,10 @@ class IndexOptions:
 
     def record(self) -> dict[str, Any]:
         """The options as the run log keeps them (store.start_run)."""
-        return {"beam": self.beam, "samples": self.samples, "depth": self.depth, "min_delta": self.min_delta,
-                "directions": list(self.directions), "joint": self.joint, "joint_top": self.joint_top,
-                **({"ray": self.ray, "ray_actors": self.ray_actors} if self.ray is not None else {})}
+        record = {"beam": self.beam, "samples": self.samples, "depth": self.depth, "min_delta": self.min_delta,
+                  "directions": list(self.directions), "joint": self.joint, "joint_top": self.joint_top}
+        if self.adaptive:
+            record.update(budget=self.budget, max_seeds=self.max_seeds, top=self.top)
+        if self.ray is not None:
+            record.update(ray=self.ray, ray_actors=self.ray_actors)
+        return record

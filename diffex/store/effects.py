@@ -95,3 +95,30 @@ class EffectReads:
                ORDER BY n.path, p.class_name, p.image_id""",
             [classifier_a, classifier_b, direction, class_name, class_name],
         )
+
+    # ------------------------------------------------------------------ the adaptive schedule (issue 12)
+    def sample_deltas(
+        self, classifier_id: str, editor_id: str, node_ids: Sequence[str], image_ids: Sequence[str],
+        classes: Sequence[str],
+    ) -> list[tuple[str, str, str, int, str, float | None]]:
+        """Every stored single-node edit of `node_ids` on `image_ids`, one row per class in `classes`:
+        (node_id, direction, image_id, seed, class_name, delta P against the image's baseline, or
+        None when the edit was judged invalid). Blocked and failed edits have no row."""
+        if not node_ids or not image_ids:
+            return []
+        keys = self._keys("images", "image_id", "image_key", list(image_ids))
+        rows = self.con.execute(
+            """SELECT n.node_id, d.direction, i.image_id, d.seed, c.class_name,
+                      CASE WHEN d.valid THEN d.prob_edit - d.prob_baseline END
+               FROM edit_class_deltas_for(?) d
+               JOIN classifiers k ON k.classifier_key = d.classifier_key
+               JOIN editors ed ON ed.editor_key = d.editor_key
+               JOIN nodes n ON n.node_key = d.node_key
+               JOIN images i ON i.image_key = d.image_key
+               JOIN classes c ON c.classifier_id = k.classifier_id AND c.class_index = d.class_index
+               WHERE k.classifier_id = ? AND ed.editor_id = ? AND n.node_id IN (SELECT unnest(?))
+                 AND c.class_name IN (SELECT unnest(?))
+               ORDER BY n.node_id, d.direction, i.image_id, d.seed, c.class_name""",
+            [sorted(int(k) for k in keys.values()), classifier_id, editor_id, list(node_ids), list(classes)],
+        ).fetchall()
+        return [(r[0], r[1], r[2], int(r[3]), r[4], None if r[5] is None else float(r[5])) for r in rows]

@@ -207,6 +207,27 @@ class Writes:
             [datetime.now(timezone.utc).replace(tzinfo=None), json.dumps(stats, default=str), run_id],
         )
 
+    def add_schedule(self, run_id: str, classifier_id: str, editor_id: str, schedule: str, rows: Sequence[dict]) -> None:
+        """Record what a run's schedule drew per node and why it stopped (table schedule_nodes);
+        rows as AdaptiveSchedule.records() gives them (node_id, direction, class_name, n_images,
+        n_samples, mean_delta_prob, ci_low, ci_high, stop_reason)."""
+        if not rows:
+            return
+        cols = ("node_id", "direction", "class_name", "n_images", "n_samples", "mean_delta_prob", "ci_low", "ci_high", "stop_reason")
+        types = ("VARCHAR", "VARCHAR", "VARCHAR", "INTEGER", "INTEGER", "DOUBLE", "DOUBLE", "DOUBLE", "VARCHAR")
+        with self.transaction():
+            self.con.execute(
+                f"""INSERT INTO schedule_nodes
+                    SELECT ?, k.classifier_key, ed.editor_key, n.node_key, r.direction, c.class_index, ?,
+                           r.n_images, r.n_samples, r.mean_delta_prob, r.ci_low, r.ci_high, r.stop_reason
+                    FROM (SELECT {", ".join(f"unnest(?::{t}[]) AS {c}" for c, t in zip(cols, types))}) r
+                    JOIN nodes n ON n.node_id = r.node_id
+                    JOIN classifiers k ON k.classifier_id = ?
+                    JOIN classes c ON c.classifier_id = k.classifier_id AND c.class_name = r.class_name
+                    JOIN editors ed ON ed.editor_id = ?""",
+                [run_id, schedule, *[[row[c] for row in rows] for c in cols], classifier_id, editor_id],
+            )
+
     # ------------------------------------------------------------------ health
     def verify_effects(self, repair: bool = False) -> dict[str, int]:
         """Rows of the derived effect tables that disagree with a recomputation from the source
