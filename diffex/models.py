@@ -41,11 +41,12 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 # ---------------------------------------------------------------------------- SPEC options
-def split_spec(prefix: str, rest: str, allowed: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+def split_spec(prefix: str, rest: str, allowed: Mapping[str, str], needs_target: bool = True) -> tuple[str, dict[str, str]]:
     """`MODEL?k=v&k2=v2` -> ("MODEL", {k: v}); values are %-decoded (a literal '+' stays '+').
-    `allowed` maps option names to a short help used in the error for an unknown option."""
+    `allowed` maps option names to a short help used in the error for an unknown option;
+    needs_target=False accepts a bare `?k=v` (a backend with no model, e.g. `demo?...`)."""
     target, _, query = rest.partition("?")
-    if not target:
+    if not target and needs_target:
         raise DiffexError(f"{prefix} spec needs a model: {prefix}:MODEL_ID_OR_PATH[?option=value&...]")
     options: dict[str, str] = {}
     for part in filter(None, query.split("&")):
