@@ -17,6 +17,7 @@ from .classify import ensure_scores
 from .edit import EditRequest, baseline_request, ensure_edits
 from .editors import Editor, load_editor
 from .embed import TextTemplates, embed_nodes, ensure_embeddings, ensure_validity
+from .embedding.side_effects import ensure_side_effects  # issue 13
 from .embedders import Embedder, load_embedder
 from .errors import DiffexError, UsageError
 from .images import read_images
@@ -189,6 +190,8 @@ def run_index(
             items = [(eid, "edit", (lambda rel=rows[eid]["cache_path"]: store.cache.load(rel))) for eid in edit_ids]
             stats.embeddings_computed += ensure_embeddings(store, emb, items, progress_bar)
             stats.edits_invalid += ensure_validity(store, emb, edit_ids, templates, validity_threshold).invalid
+            # issue 13: what else each edit changed, against the taxonomy's leaves and top-level groups
+            ensure_side_effects(store, emb, edit_ids, tax.nodes, templates)
 
         if emb is not None:
             stats.embedder_id = emb.embedder_id

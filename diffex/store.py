@@ -778,6 +778,13 @@ class Store:
             self.con.execute("UPDATE edit_validity SET side_fp = ? WHERE embedder_id = ? AND edit_id IN (SELECT unnest(?))",
                              [side_fp, embedder_id, list(edit_ids)])
             self.refresh_effects(self._image_keys_of_items(list(keys.values())))
+    def edit_node_paths(self, edit_ids: Sequence[str]) -> dict[str, list[tuple[str, ...]]]:
+        """{edit id: paths (label tuples) of the nodes it was made for}."""
+        if not edit_ids:
+            return {}
+        rows = self.con.execute("SELECT en.edit_id, list(n.path) FROM edit_nodes en JOIN nodes n ON n.node_id = en.node_id "
+                                "WHERE en.edit_id IN (SELECT unnest(?)) GROUP BY en.edit_id", [list(edit_ids)]).fetchall()
+        return {r[0]: [tuple(p.split(" > ")) for p in r[1]] for r in rows}
     # ---- end side effects
 
     def edit_concepts(self, edit_ids: Sequence[str]) -> dict[str, list[str]]:
