@@ -5,9 +5,9 @@
 1. Retrieval: for every leaf, the query "a face with a <leaf>" ranks 500 held-out faces;
    precision@10 = share of the top 10 that have the leaf. Top-level groups ("a face with
    eyewear") count a face when it has any leaf of the group.
-2. Edit validity (diffex/embed.py): direction_sim of
+2. Edit validity (diffex/embedding/stage.py): direction_sim of
    - true edits: the demo editor applies a node's prompt and the face changes (a group node
-     like "beard" is scored, as in diffex/embed.py, by the best of its own and its subtypes' texts);
+     like "beard" is scored, as in diffex/embedding/stage.py, by the best of its own and its subtypes' texts);
    - no-op edits: the face comes back unchanged except for faint pixel noise (what a failed
      diffusion edit looks like: a reconstruction), judged against the requested concept;
    - unrelated edits: a different attribute changed instead of the requested one;
@@ -34,9 +34,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffex.demo.world import HIERARCHY, OPTIONAL_SLOTS, SLOT_LEAVES, SLOTS, render, resolve_prompt, sample_spec  # noqa: E402
-from diffex.editors.demo import apply_concepts  # noqa: E402
-from diffex.embed import TextTemplates, direction_scores  # noqa: E402
-from diffex.embedders.clip import DEMO_CLIP_DIR, ClipEmbedder  # noqa: E402
+from diffex.editing.demo import apply_concepts  # noqa: E402
+from diffex.embedding.stage import TextTemplates, direction_scores  # noqa: E402
+from diffex.embedding.clip import DEMO_CLIP_DIR, ClipEmbedder  # noqa: E402
 from diffex.types import Concept  # noqa: E402
 
 HELD_OUT = range(9_000_000, 9_000_500)
@@ -133,7 +133,7 @@ def main() -> None:
         if sib:
             cases["sibling"].append((leaf, base, render(spec.with_attr(slot, rng.choice(sib)))))
     def candidates(node: str) -> list[str]:
-        # as diffex/embed.py: the node's own text and those of its descendants, best one counts
+        # as diffex/embedding/stage.py: the node's own text and those of its descendants, best one counts
         slot, under = resolve_prompt(node)
         return [m for m in nodes if resolve_prompt(m)[0] == slot and set(resolve_prompt(m)[1]) <= set(under)]
 

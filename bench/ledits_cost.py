@@ -90,7 +90,7 @@ def node_words(n: int) -> list[str]:
 def make_classifier():
     import numpy as np
 
-    from diffex.classifiers.base import Classifier
+    from diffex.scoring.base import Classifier
 
     class MeanColour(Classifier):
         """Trivial 3-class classifier (logits = mean RGB), so classifier time is negligible."""
@@ -168,7 +168,7 @@ class Diffex:
     """diffex's indexing path: `run_index` with the `ledits:` editor (one session per image)."""
 
     def __init__(self, model_path: Path, words: list[str], samples: int, args, work: Path, batch: int = 1):
-        from diffex.editors import load_editor
+        from diffex.editing import load_editor
 
         self.words, self.samples, self.args, self.work, self.batch = words, samples, args, work, batch
         spec = (
@@ -198,7 +198,7 @@ class Diffex:
 
     def run(self, paths: list[Path]) -> None:
         """Index `paths` (the full path: images, taxonomy, edits, classifier, store)."""
-        from diffex.indexer import run_index
+        from diffex.indexing.indexer import run_index
 
         start = time.perf_counter()
         stats = run_index(
@@ -264,7 +264,7 @@ def full_size(args) -> None:
     counter = UnetCounter(pipe.unet)
     params = sum(p.numel() for p in unet.parameters()) / 1e6
     print(f"full-size build: {time.perf_counter() - t0:.1f} s (UNet {params:.0f} M params) on {device} {args.dtype}")
-    from diffex.editors.ledits import _per_image_attention
+    from diffex.editing.ledits import _per_image_attention
 
     k, target = args.full_steps, args.steps_target
     note = "measured" if k == target else f"extrapolated linearly from {k} to {target} steps"

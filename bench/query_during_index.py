@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from diffex import run_query
-from diffex.demo.run import prepare_inputs
+from diffex.indexing.demo_run import prepare_inputs
 
 QUESTIONS = [
     "SELECT count(*) AS edits FROM edits",

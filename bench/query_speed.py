@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from diffex import run_index, run_query
-from diffex.demo.run import prepare_inputs
+from diffex.indexing.demo_run import prepare_inputs
 
 
 def main() -> None:

@@ -27,10 +27,10 @@ from types import SimpleNamespace
 import numpy as np
 
 from diffex import run_query
-from diffex.classify import COMMIT_ITEMS
+from diffex.scoring.stage import COMMIT_ITEMS
 from diffex.hashing import edit_id_for
-from diffex.store import Store
-from diffex.taxonomy import load_taxonomy
+from diffex.store.core import Store
+from diffex.taxonomy.tree import load_taxonomy
 from diffex.types import EditRecord, ImageRecord
 
 SEEDS, DIRECTIONS, CLASSIFIERS = 2, ("add", "remove"), 2

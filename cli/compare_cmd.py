@@ -1,4 +1,4 @@
-"""`diffex compare`: a thin shell over diffex/compare.py. Errors follow the policy of
+"""`diffex compare`: a thin shell over diffex/analysis/compare.py. Errors follow the policy of
 cli/main.py's DiffexGroup, which invokes this command."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def compare(db, classifiers, class_name, direction, alpha, min_diff, n_permutati
 
     diffex compare --db data/demo.duckdb --classifier demo:v1 --classifier demo:v2 --class old
     """
-    from diffex.compare import compare_classifiers
+    from diffex.analysis.compare import compare_classifiers
 
     if len(classifiers) != 2:
         raise UsageError(f"give --classifier exactly twice (A then B), got {len(classifiers)}")

@@ -67,7 +67,7 @@ class DiffexGroup(click.Group):
                 # Ctrl-C that lands inside a DuckDB call surfaces as duckdb's InterruptException
                 # or as a RuntimeError("Query interrupted"), not as KeyboardInterrupt
                 raise Failure("interrupted: everything committed so far is kept; run the same command again to resume", 130) from None
-            from diffex.store import storage_error
+            from diffex.store.core import storage_error
 
             if (failed := storage_error(exc)) is not None:  # disk full, file size limit, I/O error
                 raise Failure(str(failed), 1) from None
@@ -112,7 +112,7 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def demo(db, n_images, classifier, samples, as_json) -> None:
     """Build the offline demo world, index it and show what moves the demo classifier."""
-    from diffex.demo.run import run_demo
+    from diffex.indexing.demo_run import run_demo
 
     result = run_demo(db, n_images=n_images, classifier=classifier, samples=samples, progress=not as_json and sys.stderr.isatty())
     if as_json:
@@ -161,7 +161,7 @@ def demo(db, n_images, classifier, samples, as_json) -> None:
 def index(db, image_specs, more_images, taxonomy, classifier, editor, beam, samples, depth, min_delta, classes,
           directions, require_gain, cache_dir, embedder, validity_threshold, joint, joint_top, as_json) -> None:
     """Edit, score and store: fill DB with what every semantic does to the classifier."""
-    from diffex.indexer import run_index
+    from diffex.indexing.indexer import run_index
 
     specs = list(image_specs) + list(more_images)
     if not specs:
@@ -204,7 +204,7 @@ def use(db, classifier, unpin) -> None:
 
     diffex use --db data/demo.duckdb --classifier demo:v1
     """
-    from diffex.store import Store
+    from diffex.store.core import Store
 
     if bool(classifier) == bool(unpin):
         raise UsageError("give --classifier SPEC to pin one, or --unpin")
@@ -237,7 +237,7 @@ def query(db, sql, params, fmt, limit, timeout, memory_limit, threads) -> None:
     Only SELECT-like statements run (WITH, FROM, VALUES, SHOW, DESCRIBE, SUMMARIZE, EXPLAIN);
     the database and every other file stay untouched.
     """
-    from diffex.query import run_query
+    from diffex.store.query import run_query
 
     if sql == "-":
         sql = sys.stdin.read()
@@ -278,7 +278,7 @@ def search(db, text, k, class_name, classifier, image, kind, nodes, embedder, ca
 
     diffex search --db data/demo.duckdb "a face with a goatee" --class old --k 10
     """
-    from diffex import search as lib
+    from diffex.embedding import search as lib
 
     if nodes:
         if image is not None or text is None:
@@ -302,7 +302,7 @@ def search(db, text, k, class_name, classifier, image, kind, nodes, embedder, ca
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(db, as_json) -> None:
     """Show what DB holds: counts, classifiers, editors."""
-    from diffex.store import Store
+    from diffex.store.core import Store
 
     with Store.open(db, read_only=True) as store:
         data = store.info()
@@ -323,7 +323,7 @@ def info(db, as_json) -> None:
 @db_option
 def migrate(db) -> None:
     """Upgrade DB to this version's schema (runs automatically on every write)."""
-    from diffex.store import Store
+    from diffex.store.core import Store
 
     with Store.open(db) as store:
         click.echo(f"{store.path}: schema version {store.info()['schema_version']}")
@@ -346,7 +346,7 @@ def verify(ctx, db, repair, cache_dir, no_pixels, as_json) -> None:
     (after --repair: healthy now), 1: problems remain. Missing cached images are recomputed
     by the next `diffex index` with the same arguments.
     """
-    from diffex.verify import verify_store
+    from diffex.store.verify import verify_store
 
     report = verify_store(db, repair=repair, cache_dir=cache_dir, check_pixels=not no_pixels)
     if as_json:

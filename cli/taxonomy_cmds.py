@@ -1,4 +1,4 @@
-"""`diffex taxonomy ...`: a thin shell over diffex/vlm.py (propose) and diffex/curation.py (the rest).
+"""`diffex taxonomy ...`: a thin shell over diffex/taxonomy/propose.py (propose) and diffex/taxonomy/curation.py (the rest).
 Errors follow the policy of cli/main.py's DiffexGroup, which invokes these commands."""
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def taxonomy() -> None:
 @json_option
 def propose(images, vlm, levels, samples, db, out, domain, refresh, as_json) -> None:
     """Ask a vision-language model for the hierarchy of semantics in IMAGES."""
-    from diffex.taxonomy import to_nested
-    from diffex.vlm import propose_taxonomy
+    from diffex.taxonomy.tree import to_nested
+    from diffex.taxonomy.propose import propose_taxonomy
 
     result = propose_taxonomy(images, vlm, levels=levels, samples=samples, db=db, out=out, domain=domain, refresh=refresh)
     if as_json:
@@ -77,7 +77,7 @@ def propose(images, vlm, levels, samples, db, out, domain, refresh, as_json) -> 
               help="tree (indented text), or rows of nodes; json gives the version with its nodes and nested tree.")
 def show(db, which, fmt) -> None:
     """Print a taxonomy version as a tree."""
-    from diffex.curation import render_tree, show as show_version
+    from diffex.taxonomy.curation import render_tree, show as show_version
 
     info = show_version(db, which)
     if fmt == "tree":
@@ -94,7 +94,7 @@ def show(db, which, fmt) -> None:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format.")
 def versions(db, fmt) -> None:
     """List the taxonomy versions in DB, the newest first, with their lineage."""
-    from diffex.curation import versions as list_versions
+    from diffex.taxonomy.curation import versions as list_versions
 
     cols = ["taxonomy_id", "name", "nodes", "created_at", "parent_taxonomy_id", "note", "source"]
     click.echo(format_rows(cols, [[r[c] for c in cols] for r in list_versions(db)], fmt))
@@ -109,7 +109,7 @@ def versions(db, fmt) -> None:
 @json_option
 def add(db, which, parent, prompt, label, as_json) -> None:
     """Add LABEL under --parent, as a new version."""
-    from diffex.curation import add_node
+    from diffex.taxonomy.curation import add_node
 
     _report(add_node(db, label, parent=parent, prompt=prompt, taxonomy=which), as_json)
 
@@ -121,7 +121,7 @@ def add(db, which, parent, prompt, label, as_json) -> None:
 @json_option
 def remove(db, which, path, as_json) -> None:
     """Remove the node at PATH and everything below it, as a new version."""
-    from diffex.curation import remove_node
+    from diffex.taxonomy.curation import remove_node
 
     _report(remove_node(db, path, taxonomy=which), as_json)
 
@@ -135,7 +135,7 @@ def remove(db, which, path, as_json) -> None:
 @json_option
 def rename(db, which, path, new_label, prompt, as_json) -> None:
     """Rename the node at PATH to NEW_LABEL, as a new version."""
-    from diffex.curation import rename_node
+    from diffex.taxonomy.curation import rename_node
 
     _report(rename_node(db, path, new_label, prompt=prompt, taxonomy=which), as_json)
 
@@ -148,7 +148,7 @@ def rename(db, which, path, new_label, prompt, as_json) -> None:
 @json_option
 def merge(db, which, source, into, as_json) -> None:
     """Merge node SOURCE into node INTO: SOURCE's children move under INTO, as a new version."""
-    from diffex.curation import merge_nodes
+    from diffex.taxonomy.curation import merge_nodes
 
     _report(merge_nodes(db, source, into, taxonomy=which), as_json)
 
@@ -159,7 +159,7 @@ def merge(db, which, source, into, as_json) -> None:
 @click.option("--out", type=click.Path(), default=None, help="File to write (default: print it).")
 def export(db, which, out) -> None:
     """Write a version as paper-style JSON, usable with `diffex index --taxonomy`."""
-    from diffex.curation import export as export_version
+    from diffex.taxonomy.curation import export as export_version
 
     data = export_version(db, out, which)
     if out is None:

@@ -8,7 +8,8 @@ Notebook use::
         rows = store.top_subtypes("old", k=10)
     diffex.run_query("data/my.duckdb", "SELECT * FROM node_effects LIMIT 5").dicts()
 
-Search and version comparison live in `diffex.search.search` and `diffex.compare.compare_classifiers`.
+Search and version comparison live in `diffex.embedding.search.search` and
+`diffex.analysis.compare.compare_classifiers`. The layers: docs/architecture.md.
 """
 
 from importlib import import_module
@@ -20,8 +21,8 @@ __version__ = "0.1.0"
 # Imported on first use (PEP 562), so `import diffex.errors` (every CLI command) does not pay
 # for the indexer, the store and their dependencies.
 _LAZY = {
-    "IndexStats": "indexer", "run_index": "indexer", "QueryResult": "query", "run_query": "query",
-    "Store": "store", "load_taxonomy": "taxonomy",
+    "IndexStats": "indexing.indexer", "run_index": "indexing.indexer", "QueryResult": "store.query",
+    "run_query": "store.query", "Store": "store.core", "load_taxonomy": "taxonomy.tree",
 }
 
 
@@ -39,7 +40,7 @@ def __dir__() -> list[str]:
 
 def open_store(path, read_only: bool = False, cache_dir=None):
     """Open (creating or migrating unless read_only) the store at `path`: a diffex.store.Store."""
-    from .store import Store
+    from .store.core import Store
 
     return Store.open(path, read_only=read_only, cache_dir=cache_dir)
 

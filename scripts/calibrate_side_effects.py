@@ -25,11 +25,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffex.demo.world import render, resolve_prompt, sample_spec, taxonomy_dict  # noqa: E402
-from diffex.editors.demo import apply_concepts  # noqa: E402
-from diffex.embed import TextTemplates, direction_scores  # noqa: E402
-from diffex.embedders.clip import CALIBRATION_FILE, DEMO_CLIP_DIR, ClipEmbedder  # noqa: E402
+from diffex.editing.demo import apply_concepts  # noqa: E402
+from diffex.embedding.stage import TextTemplates, direction_scores  # noqa: E402
+from diffex.embedding.clip import CALIBRATION_FILE, DEMO_CLIP_DIR, ClipEmbedder  # noqa: E402
 from diffex.embedding.side_effects import related, side_concepts  # noqa: E402
-from diffex.taxonomy import from_mapping  # noqa: E402
+from diffex.taxonomy.tree import from_mapping  # noqa: E402
 from diffex.types import Concept  # noqa: E402
 
 SEEDS = range(9_200_000, 9_300_000)
@@ -75,8 +75,9 @@ def main() -> None:
         pos = []
         while len(pos) < args.n:
             spec, edited = exact_edit(rng.choice([n for n in nodes if not related(n.path, c.path)]))
-            with_side = edited.with_extra(rng.choice(leaves))
-            if with_side != edited and spec.attrs[resolve_prompt(c.prompt)[0]] not in leaves:
+            leaf = rng.choice(leaves)
+            with_side = edited.with_extra(leaf)
+            if with_side != edited and spec.attrs[resolve_prompt(c.prompt)[0]] != leaf:  # new to the face
                 pos.append((spec, with_side))
         s_pos = sims(pos, c.label)
         thresholds[c.label] = round(max(FLOOR, float(np.quantile(s_neg, 0.995))), 3)

@@ -19,10 +19,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffex.classifiers.base import score_images  # noqa: E402
+from diffex.scoring.base import score_images  # noqa: E402
 from diffex.demo.classifier import CLASS_NAMES, VERSIONS, DemoClassifier, ground_truth  # noqa: E402
 from diffex.demo.world import ALL_LEAVES, render, sample_spec  # noqa: E402
-from diffex.editors.demo import DemoEditor  # noqa: E402
+from diffex.editing.demo import DemoEditor  # noqa: E402
 from diffex.types import Concept  # noqa: E402
 
 CHECK_SEEDS_FROM = 3_000_000  # outside the training and test seeds

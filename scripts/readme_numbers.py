@@ -31,7 +31,7 @@ def _diffex(*args: str) -> tuple[str, float]:
 
 def main() -> None:
     from diffex import run_query
-    from diffex.compare import compare_classifiers
+    from diffex.analysis.compare import compare_classifiers
     from diffex.demo.classifier import ground_truth
 
     truth = ground_truth()

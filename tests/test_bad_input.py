@@ -26,9 +26,9 @@ from PIL import Image
 
 from diffex import run_index
 from diffex.demo.world import METADATA_KEY, write_dataset
-from diffex.editors.base import EditSession, Editor
+from diffex.editing.base import EditSession, Editor
 from diffex.errors import DiffexWarning
-from diffex.store import Store
+from diffex.store.core import Store
 
 IDX = ("--beam", "0", "--samples", "1")
 N_IMAGES = 4

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from diffex import UsageError, open_store, run_index, run_query
-from diffex.beam import compatible, joint_candidates, joint_combinations, select_beam
+from diffex.analysis.beam import compatible, joint_candidates, joint_combinations, select_beam
 from diffex.hashing import node_id_for
 from diffex.types import Node
 

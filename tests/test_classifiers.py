@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from diffex import DiffexError, open_store, run_index
-from diffex.classifiers import load_classifier, score_images
+from diffex.scoring import load_classifier, score_images
 from diffex.images import load_images
 
 TAX = {"domain": "cartoon faces", "categories": {"hair colour": ["red hair", "grey hair"]}}  # 3 nodes

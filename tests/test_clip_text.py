@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffex.embedders.clip_text import ClipTextEncoder, files_key, stored_encoder
+from diffex.embedding.clip_text import ClipTextEncoder, files_key, stored_encoder
 from diffex.errors import DiffexError
 
 from test_embeddings import _images, _index, build_tiny_clip, other_clip, taxonomy, tiny_clip  # noqa: F401 (fixtures)
@@ -45,7 +45,7 @@ def variants(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("kind", ["demo", "quick_gelu", "gelu_new", "legacy_eos"])
 def test_same_tokens_and_vectors_as_transformers(kind, variants):
-    from diffex.embedders import load_embedder
+    from diffex.embedding import load_embedder
 
     folder = variants[kind]
     full = load_embedder("demo" if kind == "demo" else f"clip:{folder}")
@@ -85,7 +85,7 @@ def test_only_files_known_to_give_the_stored_id_are_trusted(tmp_path, variants, 
     folder = Path(shutil.copytree(variants["quick_gelu"], tmp_path / "model"))
     row = {"embedder_id": "f" * 32, "spec": f"clip:{folder}", "name": "clip"}
     assert stored_encoder(row) is None  # nothing known about these files yet
-    from diffex.embedders import load_embedder
+    from diffex.embedding import load_embedder
 
     emb = load_embedder(f"clip:{folder}")
     row["embedder_id"] = emb.embedder_id  # computing the id records the files it came from
@@ -115,8 +115,8 @@ def _search_in_subprocess(db: Path, cache: Path) -> dict:
 
 def test_search_answers_text_queries_without_torch_and_the_same_rows(tmp_path, demo_images, taxonomy, tiny_clip,
                                                                      other_clip, brightness):
-    from diffex.embedders import load_embedder
-    from diffex.search import nodes_like, search
+    from diffex.embedding import load_embedder
+    from diffex.embedding.search import nodes_like, search
 
     db = tmp_path / "x.duckdb"
     model = Path(shutil.copytree(tiny_clip, tmp_path / "clip"))

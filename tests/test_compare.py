@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from diffex import DiffexError, open_store, run_index, run_query
-from diffex.compare import benjamini_hochberg, compare_classifiers, mean_interval, sign_flip_p_value
-from diffex.store import Store
+from diffex.analysis.compare import benjamini_hochberg, compare_classifiers, mean_interval, sign_flip_p_value
+from diffex.store.core import Store
 from diffex.demo.classifier import ground_truth
-from diffex.demo.run import run_demo
+from diffex.indexing.demo_run import run_demo
 from diffex.demo.world import write_dataset
 
 # The planted change shows only on faces it can flip (young, without the attribute), about

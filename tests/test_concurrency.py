@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from diffex import run_index, run_query
-from diffex.demo.run import prepare_inputs
-from diffex.store import Store
+from diffex.indexing.demo_run import prepare_inputs
+from diffex.store.core import Store
 
 
 def _index_cmd(db: Path, images: Path, taxonomy: Path, *extra: str) -> list[str]:

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from diffex.curation import add_node, export, merge_nodes, remove_node, rename_node, show, taxonomy_from_store
+from diffex.taxonomy.curation import add_node, export, merge_nodes, remove_node, rename_node, show, taxonomy_from_store
 from diffex.errors import DiffexError
-from diffex.indexer import run_index
-from diffex.store import Store
-from diffex.taxonomy import load_taxonomy
+from diffex.indexing.indexer import run_index
+from diffex.store.core import Store
+from diffex.taxonomy.tree import load_taxonomy
 
 from conftest import SMALL_NODES
 

@@ -9,7 +9,7 @@ import pytest
 
 from diffex import run_query
 from diffex.demo.classifier import ground_truth
-from diffex.taxonomy import load_taxonomy
+from diffex.taxonomy.tree import load_taxonomy
 
 
 def test_demo_taxonomy_is_rich_enough():
@@ -58,7 +58,7 @@ def test_each_demo_store_keeps_its_own_images(tmp_path):
     still pointed at. Each store now has `<db stem>-images/` and files are only ever added."""
     from pathlib import Path
 
-    from diffex.demo.run import run_demo
+    from diffex.indexing.demo_run import run_demo
 
     a, b = tmp_path / "demo.duckdb", tmp_path / "other.duckdb"
     first = run_demo(a, n_images=4, samples=1, embedder=None)

@@ -10,8 +10,8 @@ from PIL import Image
 
 from diffex import DiffexError
 from diffex.demo.world import render, sample_spec, save_png, spec_from_image
-from diffex.editors import load_editor
-from diffex.editors.demo import apply_concepts
+from diffex.editing import load_editor
+from diffex.editing.demo import apply_concepts
 from diffex.types import Concept
 
 PLAIN_CONFIG = {"world_version": "faces-1", "size": 64, "sampling": "image-seed-prompt"}

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffex.classifiers import load_classifier, score_images
+from diffex.scoring import load_classifier, score_images
 from diffex.demo import world
 from diffex.demo.classifier import DemoClassifier, ground_truth
 from diffex.demo.world import FaceSpec, render, resolve_prompt, sample_spec, save_png, spec_from_image
-from diffex.editors import load_editor
+from diffex.editing import load_editor
 from diffex.errors import DiffexError
 from diffex.types import Concept
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from diffex.errors import DiffexError
-from diffex.store import Store
+from diffex.store.core import Store
 
 TAXONOMY = {
     "domain": "cartoon faces",
@@ -78,7 +78,7 @@ def taxonomy(tmp_path) -> Path:
 
 
 def _index(db, images, taxonomy, clip, brightness, **kw):
-    from diffex.indexer import run_index
+    from diffex.indexing.indexer import run_index
 
     return run_index(db, [str(i) for i in images], taxonomy, brightness, "demo", beam=0, samples=1,
                      embedder=f"clip:{clip}", **kw)
@@ -92,7 +92,7 @@ def _images(demo_images, n):
 
 
 def test_clip_embedder_loads_from_a_folder_with_unit_vectors(tiny_clip, demo_images):
-    from diffex.embedders import load_embedder
+    from diffex.embedding import load_embedder
 
     emb = load_embedder(f"clip:{tiny_clip}")
     images = [Image.open(p).convert("RGB") for p in _images(demo_images, 3)]
@@ -108,7 +108,7 @@ def test_clip_embedder_loads_from_a_folder_with_unit_vectors(tiny_clip, demo_ima
 
 
 def test_bad_embedder_specs_are_one_line_errors(tmp_path, monkeypatch):
-    from diffex.embedders import load_embedder
+    from diffex.embedding import load_embedder
 
     with pytest.raises(DiffexError, match="unknown embedder spec"):
         load_embedder("nope:x")
@@ -124,7 +124,7 @@ def test_bad_embedder_specs_are_one_line_errors(tmp_path, monkeypatch):
 
 def test_legacy_eos_config_with_a_foreign_vocabulary_is_refused(tiny_clip, tmp_path):
     # transformers pools at the highest token id when eos_token_id == 2 (DEMO-NOTES' silent bug)
-    from diffex.embedders import load_embedder
+    from diffex.embedding import load_embedder
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_clip, broken)
@@ -173,7 +173,7 @@ def test_index_stores_vectors_and_validity(tmp_path, demo_images, taxonomy, tiny
 
 
 def test_validity_threshold_override_and_views(tmp_path, demo_images, taxonomy, tiny_clip, brightness):
-    from diffex.query import run_query
+    from diffex.store.query import run_query
 
     db = tmp_path / "x.duckdb"
     _index(db, _images(demo_images, 2), taxonomy, tiny_clip, brightness, validity_threshold=-1.0)
@@ -195,7 +195,7 @@ def test_validity_threshold_override_and_views(tmp_path, demo_images, taxonomy, 
 
 
 def test_faiss_index_is_rebuilt_when_missing_or_corrupt(tmp_path, demo_images, taxonomy, tiny_clip, brightness):
-    from diffex.vectors import VectorIndex, vector_dir
+    from diffex.embedding.vectors import VectorIndex, vector_dir
 
     db = tmp_path / "x.duckdb"
     _index(db, _images(demo_images, 2), taxonomy, tiny_clip, brightness)
@@ -218,7 +218,7 @@ def test_faiss_index_is_rebuilt_when_missing_or_corrupt(tmp_path, demo_images, t
 
 
 def test_stale_index_is_extended_after_rows_are_added(tmp_path, demo_images, taxonomy, tiny_clip, brightness):
-    from diffex.vectors import VectorIndex
+    from diffex.embedding.vectors import VectorIndex
 
     db = tmp_path / "x.duckdb"
     _index(db, _images(demo_images, 2), taxonomy, tiny_clip, brightness)
@@ -239,9 +239,9 @@ def test_stale_index_is_extended_after_rows_are_added(tmp_path, demo_images, tax
 
 
 def test_vectors_of_different_models_never_mix(tmp_path, demo_images, taxonomy, tiny_clip, other_clip, brightness):
-    from diffex.embedders import load_embedder
-    from diffex.search import search
-    from diffex.vectors import VectorIndex, vector_dir
+    from diffex.embedding import load_embedder
+    from diffex.embedding.search import search
+    from diffex.embedding.vectors import VectorIndex, vector_dir
 
     db = tmp_path / "x.duckdb"
     _index(db, _images(demo_images, 2), taxonomy, tiny_clip, brightness)
@@ -269,7 +269,7 @@ def test_vectors_of_different_models_never_mix(tmp_path, demo_images, taxonomy, 
 
 
 def test_search_rows_and_cli(tmp_path, demo_images, taxonomy, tiny_clip, brightness, cli_run):
-    from diffex.search import search
+    from diffex.embedding.search import search
 
     db = tmp_path / "x.duckdb"
     images = _images(demo_images, 2)

@@ -14,7 +14,7 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from diffex.editors import load_editor  # noqa: E402
+from diffex.editing import load_editor  # noqa: E402
 from diffex.hashing import hash_image  # noqa: E402
 from diffex.types import Concept  # noqa: E402
 

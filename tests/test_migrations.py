@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 from diffex import DiffexError, open_store
-from diffex.migrate import current_version
+from diffex.store.migrate import current_version
 
 V1 = Path(__file__).parent / "data" / "schema_v1.sql"
 

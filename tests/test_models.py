@@ -91,8 +91,8 @@ def no_network(monkeypatch):
 
 
 def test_hub_id_in_the_local_cache_loads_without_hf_hub_offline(tmp_path, monkeypatch, no_network):
-    from diffex.classifiers import load_classifier
-    from diffex.embedders import load_embedder
+    from diffex.scoring import load_classifier
+    from diffex.embedding import load_embedder
 
     monkeypatch.setenv("HF_HUB_CACHE", str(_fake_hub(tmp_path / "hub", "tiny-org/demo-clip", DEMO_CLIP)))
     found = models.resolve("CLIP", "tiny-org/demo-clip")
@@ -108,9 +108,9 @@ def test_hub_id_in_the_local_cache_loads_without_hf_hub_offline(tmp_path, monkey
 
 
 def test_missing_hub_model_is_one_line_without_any_network_call(tmp_path, monkeypatch, no_network):
-    from diffex.classifiers import load_classifier
-    from diffex.embedders import load_embedder
-    from diffex.vlm import load_vlm
+    from diffex.scoring import load_classifier
+    from diffex.embedding import load_embedder
+    from diffex.taxonomy.propose import load_vlm
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     expected = (r"^{kind} model 'org/absent' is not in the local Hugging Face cache \(" + re.escape(str(tmp_path / "empty"))

@@ -93,7 +93,7 @@ def test_query_while_another_process_writes_is_a_clear_error(indexed):
     import subprocess
     import sys
 
-    from diffex.query import _POOL
+    from diffex.store.query import _POOL
 
     # a process that does not take diffex's locks (the duckdb shell) cannot queue for the file,
     # so this process's warm connection (kept up to 2 s) is closed first, as it would be by then

@@ -284,7 +284,7 @@ def test_a_big_sort_spills_to_a_private_folder_that_is_removed(store, tmp_path, 
     sql = ("SELECT max(r) AS r FROM (SELECT row_number() OVER (ORDER BY s) AS r FROM "
            "(SELECT (range * 7919 % 2000000)::VARCHAR || repeat('x', 50) AS s FROM range(2000000)))")
     assert run_query(store, sql, memory_limit="100MB", threads=1).rows == [(2_000_000,)]
-    from diffex.query import _POOL
+    from diffex.store.query import _POOL
 
     # the folder lives as long as the warm connection that may spill into it (idle 2 s at most)
     assert [p.name[:13] for p in tmp_path.iterdir()] == ["diffex-query-"]

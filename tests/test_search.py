@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from diffex.embedders.clip import DEMO_CLIP_DIR
+from diffex.embedding.clip import DEMO_CLIP_DIR
 
 pytestmark = pytest.mark.skipif(not (DEMO_CLIP_DIR / "model.safetensors").is_file(),
                                 reason="demo CLIP not trained (scripts/train_demo_clip.py)")
@@ -25,7 +25,7 @@ TAXONOMY = {
 @pytest.fixture(scope="module")
 def demo_db(tmp_path_factory):
     from diffex.demo.world import OPTIONAL_SLOTS, sample_spec, save_png
-    from diffex.indexer import run_index
+    from diffex.indexing.indexer import run_index
 
     root = tmp_path_factory.mktemp("demo-search")
     # bare faces (no hat, beard or glasses yet), so an edit's concept is the edit's own
@@ -41,7 +41,7 @@ def demo_db(tmp_path_factory):
 
 
 def test_demo_clip_loads_through_the_clip_code_with_its_calibrated_threshold():
-    from diffex.embedders import load_embedder
+    from diffex.embedding import load_embedder
 
     demo = load_embedder("demo")
     same = load_embedder(f"clip:{DEMO_CLIP_DIR}")
@@ -51,7 +51,7 @@ def test_demo_clip_loads_through_the_clip_code_with_its_calibrated_threshold():
 
 
 def test_search_for_a_leaf_returns_edits_of_that_leaf(demo_db):
-    from diffex.search import search
+    from diffex.embedding.search import search
 
     db, _ = demo_db
     rows = search(db, text="a face with a top hat", k=5, class_name="old")
@@ -64,7 +64,7 @@ def test_search_for_a_leaf_returns_edits_of_that_leaf(demo_db):
 
 
 def test_failed_edits_are_invalid_and_left_out_of_top_subtypes(demo_db):
-    from diffex.query import run_query
+    from diffex.store.query import run_query
 
     db, stats = demo_db
     assert stats.edits_invalid >= 5  # every monocle edit at least
@@ -84,7 +84,7 @@ def test_failed_edits_are_invalid_and_left_out_of_top_subtypes(demo_db):
 
 
 def test_words_outside_the_taxonomy_map_to_nodes(demo_db):
-    from diffex.search import nodes_like
+    from diffex.embedding.search import nodes_like
 
     db, _ = demo_db
     rows = nodes_like(db, "a face with a hat", k=3)  # "hat" is not a node of this taxonomy

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from diffex.errors import DiffexError
-from diffex.store import Store
-from diffex.taxonomy import load_taxonomy
+from diffex.store.core import Store
+from diffex.taxonomy.tree import load_taxonomy
 from diffex.types import EditRecord, ImageRecord
 
 CLASSES = ["cat", "dog", "fox"]
@@ -285,7 +285,7 @@ def test_effects_survive_a_migration_from_schema_3(tmp_path):
     import duckdb
     from pathlib import Path
 
-    from diffex.demo.run import run_demo  # noqa: F401  (the demo world makes realistic rows)
+    from diffex.indexing.demo_run import run_demo  # noqa: F401  (the demo world makes realistic rows)
 
     data = Path(__file__).parent / "data"
     db = tmp_path / "v3.duckdb"

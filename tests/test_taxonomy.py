@@ -8,7 +8,7 @@ import json
 import pytest
 
 from diffex.errors import DiffexError
-from diffex.taxonomy import from_mapping, load_taxonomy, to_nested
+from diffex.taxonomy.tree import from_mapping, load_taxonomy, to_nested
 
 from conftest import SMALL_NODES, SMALL_TAXONOMY
 

@@ -14,14 +14,14 @@ import pytest
 from PIL import Image
 
 from diffex import DiffexError
-from diffex.cache import ImageCache
-from diffex.demo.run import run_demo
-from diffex.editors.ledits import inversion_key
+from diffex.store.cache import ImageCache
+from diffex.indexing.demo_run import run_demo
+from diffex.editing.ledits import inversion_key
 from diffex.hashing import hash_image
-from diffex.locks import index_run_lock
-from diffex.store import Store
-from diffex.vectors import VectorIndex, index_path, index_status
-from diffex.verify import verify_store
+from diffex.store.locks import index_run_lock
+from diffex.store.core import Store
+from diffex.embedding.vectors import VectorIndex, index_path, index_status
+from diffex.store.verify import verify_store
 
 DEMO = {"n_images": 4, "samples": 1}
 

@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from diffex.errors import DiffexError
-from diffex.store import Store
-from diffex.vlm import HFVLM, OpenAIVLM, build_prompt, parse_answer, propose_taxonomy, taxonomy_from_answer
+from diffex.store.core import Store
+from diffex.taxonomy.propose import HFVLM, OpenAIVLM, build_prompt, parse_answer, propose_taxonomy, taxonomy_from_answer
 
 ANSWERS = {
     "good": '{"facial hair": {"beard": ["goatee", "full beard"]}, "headwear": ["cap"]}',

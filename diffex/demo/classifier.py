@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..classifiers.base import Classifier
+from ..scoring.base import Classifier
 from ..errors import DiffexError
 from ..hashing import hash_tensors
 

@@ -21,8 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..embed import TextTemplates, direction_scores, ensure_texts
-from ..embedders.base import Embedder
+from .stage import TextTemplates, direction_scores, ensure_texts
+from .base import Embedder
 from ..hashing import hash_json
 from ..types import Node
 

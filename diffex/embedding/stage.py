@@ -29,10 +29,10 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from .embedders.base import Embedder
-from .hashing import sha256_bytes
-from .progress import in_chunks
-from .store import Store
+from .base import Embedder
+from ..hashing import sha256_bytes
+from ..progress import in_chunks
+from ..store.core import Store
 
 CHUNK = 256  # images embedded and committed together
 NO_CHANGE = 1e-6  # |E(edit) - E(baseline)| below this: the edit changed nothing visible to the model

@@ -32,12 +32,12 @@ from typing import Any, Protocol, Sequence
 
 from PIL import Image
 
-from . import models
-from .errors import DiffexError, UsageError
-from .hashing import hash_image, hash_json, sha256_bytes
-from .images import expand_image_paths, load_image
-from .taxonomy import MAX_DEPTH, from_mapping, to_nested
-from .types import Taxonomy
+from .. import models
+from ..errors import DiffexError, UsageError
+from ..hashing import hash_image, hash_json, sha256_bytes
+from ..images import expand_image_paths, load_image
+from .tree import MAX_DEPTH, from_mapping, to_nested
+from ..types import Taxonomy
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MAX_IMAGE_SIDE = 512  # images are sent downscaled: enough to see the semantics, small to upload
@@ -425,7 +425,7 @@ def propose_taxonomy(
     `out` receives the paper-style JSON. An answer that cannot be repaired is saved to a text
     file (beside `out`, else beside `db`, else in the current folder) and a DiffexError names it.
     """
-    from .store import Store  # local: only needed with a database
+    from ..store.core import Store  # local: only needed with a database
 
     # 1. check inputs and pick the images
     prompt = build_prompt(levels, domain)

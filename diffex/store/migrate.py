@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-from .errors import DiffexError
+from ..errors import DiffexError
 
 _MIGRATION = re.compile(r"^(\d{4})_[\w-]+\.sql$")
 

@@ -40,9 +40,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import DiffexError, UsageError
-from .store import Store
-from .types import DIRECTIONS
+from ..errors import DiffexError, UsageError
+from ..store.core import Store
+from ..types import DIRECTIONS
 
 EXACT_MAX_IMAGES = 16  # 2**16 sign patterns: exact enumeration is cheaper than sampling
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .hashing import hash_image
+from ..hashing import hash_image
 
 
 class ImageCache:

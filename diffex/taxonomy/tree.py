@@ -3,7 +3,7 @@
 Accepted: the paper-style nested JSON `{"domain": ..., "categories": {"group": {"sub": ["leaf", ...]}}}`
 of any depth (lists, objects or null at the leaves), or the bare `{"group": {...}}` mapping; the
 reference code's format (the same envelope), node objects with per-node prompts, YAML and plain
-indented outlines (see diffex/taxonomy_formats.py for every shape).
+indented outlines (see diffex/taxonomy/formats.py for every shape).
 
 Limits (a clear error beyond them): MAX_NODES nodes, MAX_DEPTH levels, labels of MAX_LABEL and
 prompts of MAX_PROMPT characters. Labels are compared after Unicode NFC normalisation, case
@@ -21,10 +21,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .errors import DiffexError, DiffexWarning
-from .hashing import hash_json, node_id_for
-from .taxonomy_formats import MAX_DEPTH, Entry, parse_nested, read_file
-from .types import Node, Taxonomy
+from ..errors import DiffexError, DiffexWarning
+from ..hashing import hash_json, node_id_for
+from .formats import MAX_DEPTH, Entry, parse_nested, read_file
+from ..types import Node, Taxonomy
 
 MAX_NODES = 5000
 MAX_LABEL = 120

@@ -8,10 +8,10 @@ from .base import Classifier, score_images
 # prefix -> "module:factory"; the factory takes the text after "prefix:".
 CLASSIFIERS: dict[str, str] = {
     "demo": "diffex.demo.classifier:from_spec",
-    "python": "diffex.classifiers.python_spec:from_spec",
-    "hf": "diffex.classifiers.hf:from_spec",
-    "torchscript": "diffex.classifiers.torchscript:from_spec",
-    "clip": "diffex.classifiers.clip:from_spec",
+    "python": "diffex.scoring.python_spec:from_spec",
+    "hf": "diffex.scoring.hf:from_spec",
+    "torchscript": "diffex.scoring.torchscript:from_spec",
+    "clip": "diffex.scoring.clip:from_spec",
 }
 
 

@@ -11,20 +11,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .beam import joint_candidates, joint_combinations, select_beam
-from .classifiers import Classifier, load_classifier, score_images
-from .classify import ensure_scores
-from .edit import EditRequest, baseline_request, ensure_edits
-from .editors import Editor, load_editor
-from .embed import TextTemplates, embed_nodes, ensure_embeddings, ensure_validity
-from .embedding.side_effects import ensure_side_effects  # issue 13
-from .embedders import Embedder, load_embedder
-from .errors import DiffexError, UsageError
-from .images import read_images
-from .locks import index_run_lock
-from .store import Store, check_db_path
-from .taxonomy import load_taxonomy
-from .types import DIRECTIONS, Concept, Node, Taxonomy
+from ..analysis.beam import joint_candidates, joint_combinations, select_beam
+from ..scoring import Classifier, load_classifier, score_images
+from ..scoring.stage import ensure_scores
+from ..editing.stage import EditRequest, baseline_request, ensure_edits
+from ..editing import Editor, load_editor
+from ..embedding.stage import TextTemplates, embed_nodes, ensure_embeddings, ensure_validity
+from ..embedding.side_effects import ensure_side_effects  # issue 13
+from ..embedding import Embedder, load_embedder
+from ..errors import DiffexError, UsageError
+from ..images import read_images
+from ..store.locks import index_run_lock
+from ..store.core import Store, check_db_path
+from ..taxonomy.tree import load_taxonomy
+from ..types import DIRECTIONS, Concept, Node, Taxonomy
 
 
 @dataclass
@@ -91,12 +91,12 @@ def run_index(
     (image, node); depth: deepest level to score (None = all); classes: target classes of the
     beam search (default all; every class is scored regardless). embedder: an embedder SPEC
     (`clip:MODEL`, `demo`) to store CLIP vectors of originals, baselines, edits and node texts
-    and judge every edit's validity (diffex/embed.py; invalid edits are left out of the effect
+    and judge every edit's validity (diffex/embedding/stage.py; invalid edits are left out of the effect
     views and of the beam search); validity_threshold overrides the embedder's own;
     text_templates: how concepts become text (default from the taxonomy's domain).
     joint: after the walk, combine `joint` (2..5) semantics into joint edits per target class,
     among the `joint_top` (default max(beam, 4)) strongest scored nodes of that class (rule in
-    diffex/beam.py `compatible`); the best combination per class lands in `stats.best_joint`.
+    diffex/analysis/beam.py `compatible`); the best combination per class lands in `stats.best_joint`.
     Raises DiffexError on bad input.
     """
     t0 = time.perf_counter()

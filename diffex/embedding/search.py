@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from .embed import TextTemplates
-from .embedders import Embedder, load_embedder
-from .errors import DiffexError, UsageError
-from .images import load_image
-from .store import Store
+from .stage import TextTemplates
+from . import Embedder, load_embedder
+from ..errors import DiffexError, UsageError
+from ..images import load_image
+from ..store.core import Store
 from .vectors import VectorIndex
 
 KINDS = ("edit", "image")
@@ -64,7 +64,7 @@ def _text_embedder(store: Store, which: "str | Embedder | None") -> tuple[Embedd
     if not isinstance(which, Embedder):
         row = _stored_row(store, which)
         if row is not None:
-            from .embedders.clip_text import stored_encoder
+            from .clip_text import stored_encoder
 
             fast = stored_encoder(row)
             if fast is not None:

@@ -8,9 +8,9 @@ from .base import EditSession, Editor
 # prefix -> "module:factory"; the factory takes the text after "prefix:" ("" when absent).
 # Modules are imported lazily so `diffex query` never pays for torch or diffusers.
 EDITORS: dict[str, str] = {
-    "demo": "diffex.editors.demo:from_spec",
-    "ledits": "diffex.editors.ledits:from_spec",
-    "ledits-xl": "diffex.editors.ledits:from_spec_xl",
+    "demo": "diffex.editing.demo:from_spec",
+    "ledits": "diffex.editing.ledits:from_spec",
+    "ledits-xl": "diffex.editing.ledits:from_spec_xl",
 }
 
 

@@ -27,9 +27,9 @@ import numpy as np
 
 from . import derived, migrate
 from .cache import ImageCache
-from .errors import DiffexError
+from ..errors import DiffexError
 from .locks import FileLocks
-from .types import EditRecord, ImageRecord, Taxonomy
+from ..types import EditRecord, ImageRecord, Taxonomy
 
 
 def default_cache_dir(db_path: Path) -> Path:
@@ -599,7 +599,7 @@ class Store:
             [classifier_a, classifier_b, direction, class_name, class_name],
         )
 
-    # ------------------------------------------------------------------ embeddings (see diffex/embed.py)
+    # ------------------------------------------------------------------ embeddings (see diffex/embedding/stage.py)
     def add_embedder(self, embedder) -> None:
         self.con.execute(
             "INSERT OR IGNORE INTO embedders (embedder_id, name, spec, dim, metric) VALUES (?, ?, ?, ?, ?)",
@@ -934,7 +934,7 @@ class Store:
         }
 
 
-    # ------------------------------------------------------------------ reads for `diffex verify` (diffex/verify.py)
+    # ------------------------------------------------------------------ reads for `diffex verify` (diffex/store/verify.py)
     def edit_files(self) -> list[dict]:
         """Every edit's edit_id, status, output_sha256 and cache_path, by edit id."""
         return self._rows("SELECT edit_id, status, output_sha256, cache_path FROM edits ORDER BY edit_id")

@@ -9,9 +9,9 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from .classifiers.base import Classifier, score_images
-from .progress import in_chunks
-from .store import Store
+from .base import Classifier, score_images
+from ..progress import in_chunks
+from ..store.core import Store
 
 CHUNK = 256  # items decoded and scored together: bounds memory
 # Scores are committed every COMMIT_ITEMS items or COMMIT_S seconds, whichever comes first:

@@ -32,9 +32,9 @@ from typing import Any, Mapping
 import duckdb
 
 from . import migrate
-from .errors import DiffexError, UsageError
+from ..errors import DiffexError, UsageError
 from .locks import FileLocks
-from .store import _check_path, connect
+from .core import _check_path, connect
 
 DEFAULT_TIMEOUT = 60.0
 # DuckDB's own default is 80% of the memory it detects (cgroup limits included); a query

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import DiffexError
+from ..errors import DiffexError
 
 POLL_S = 0.005
 READ_TIMEOUT_S = float(os.environ.get("DIFFEX_LOCK_TIMEOUT", "60"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from .types import Node
+from ..types import Node
 
 
 def node_strength(effects: Mapping[tuple[str, str, str], float], node_id: str, class_name: str, directions: Sequence[str]) -> float:

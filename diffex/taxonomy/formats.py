@@ -1,4 +1,4 @@
-"""Readers that turn taxonomy files into a tree of raw `Entry`s; diffex/taxonomy.py validates
+"""Readers that turn taxonomy files into a tree of raw `Entry`s; diffex/taxonomy/tree.py validates
 and normalises that tree into a Taxonomy.
 
 Accepted shapes (JSON or YAML):
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DiffexError
+from ..errors import DiffexError
 
 CHILD_KEYS = ("children", "subtypes")
 ENVELOPE_KEYS = ("categories", "domain", "name")

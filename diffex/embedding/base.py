@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-# Used when a model ships no calibrated threshold (see diffex/embed.py): InstructPix2Pix
+# Used when a model ships no calibrated threshold (see diffex/embedding/stage.py): InstructPix2Pix
 # kept generated edit pairs whose CLIP directional similarity was at least 0.2.
 DEFAULT_VALIDITY_THRESHOLD = 0.2
 # Side effects (diffex/embedding/side_effects.py) of a model with no calibration: an edit that
@@ -32,7 +32,7 @@ class Embedder(ABC):
     name: str = "embedder"
     spec: str = ""
     metric: str = "cosine"
-    # directional-similarity threshold of edit validity for this model (diffex/embed.py)
+    # directional-similarity threshold of edit validity for this model (diffex/embedding/stage.py)
     validity_threshold: float = DEFAULT_VALIDITY_THRESHOLD
     # side-effect thresholds (diffex/embedding/side_effects.py): per concept label, else the default
     side_effect_threshold: float = DEFAULT_SIDE_EFFECT_THRESHOLD

@@ -26,8 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import DiffexError
-from .store import Store
+from ..errors import DiffexError
+from ..store.core import Store
 
 KINDS: tuple[str, ...] = ("image", "edit")  # what the index holds; texts and nodes stay in SQL
 FORMAT = 1

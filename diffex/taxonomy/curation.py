@@ -15,11 +15,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DiffexError, UsageError
-from .store import Store
-from .taxonomy import build_taxonomy, normalise_label, to_nested
-from .taxonomy_formats import Entry
-from .types import Node, Taxonomy
+from ..errors import DiffexError, UsageError
+from ..store.core import Store
+from .tree import build_taxonomy, normalise_label, to_nested
+from .formats import Entry
+from ..types import Node, Taxonomy
 
 
 @dataclass(frozen=True)

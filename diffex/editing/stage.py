@@ -11,10 +11,10 @@ from typing import Callable, Sequence
 
 from PIL import Image
 
-from .editors.base import Editor
-from .hashing import edit_id_for
-from .store import Store
-from .types import Concept, EditRecord
+from .base import Editor
+from ..hashing import edit_id_for
+from ..store.core import Store
+from ..types import Concept, EditRecord
 
 
 @dataclass(frozen=True)

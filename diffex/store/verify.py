@@ -10,7 +10,7 @@ The checks, one row each in the report:
   deleting them would throw away the evidence.
 - `cached edit images`: every 'ok' or 'blocked' edit has its PNG. A missing one is reported;
   verify cannot recompute it (that needs the editor and the original image), the next
-  `diffex index` with the same arguments does, bit-identically (`diffex/edit.py`).
+  `diffex index` with the same arguments does, bit-identically (`diffex/editing/stage.py`).
 - `cached pixels`: a present PNG whose decoded pixels do not hash to the edit's
   `output_sha256` is corrupt; `--repair` deletes it, so it becomes missing (above).
 - `unreferenced files`: PNGs no edit points at, leftover temporary files, and vector files of
@@ -42,11 +42,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from . import vectors
-from .errors import DiffexError
-from .hashing import hash_image
+from ..embedding import vectors
+from ..errors import DiffexError
+from ..hashing import hash_image
 from .locks import index_run_lock
-from .store import Store
+from .core import Store
 
 EXAMPLES = 3  # ids or paths shown per check
 _PREFIX = re.compile(r"^[0-9a-f]{2}$")
@@ -252,7 +252,7 @@ def _unreferenced_check(root: Path, edits: list[dict], embedder_ids: set[str], r
 
 
 def _inversion_check(root: Path, image_ids: set[str], editor_ids: set[str], repair: bool) -> CheckResult:
-    from .editors.ledits import INVERSIONS, inversion_key  # no diffusers import: key and layout only
+    from ..editing.ledits import INVERSIONS, inversion_key  # no diffusers import: key and layout only
 
     folder = root / INVERSIONS
     files = [p for d in _prefix_dirs(folder) for p in _files(d)]

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..indexer import run_index
-from ..store import Store, check_db_path
-from .classifier import ground_truth
-from .world import write_dataset
+from .indexer import run_index
+from ..store.core import Store, check_db_path
+from ..demo.classifier import ground_truth
+from ..demo.world import write_dataset
 
 # Demo images use seeds far from the classifier's training seeds, so the demo explains the
 # classifier on images it never saw.
@@ -37,7 +37,7 @@ def prepare_inputs(db: "str | Path", n_images: int) -> DemoInputs:
     taxonomy = db.parent / f"{db.stem}-taxonomy.json"
     fd, tmp = tempfile.mkstemp(dir=db.parent, prefix=f".{taxonomy.name}.", suffix=".tmp")
     os.close(fd)
-    shutil.copyfile(Path(__file__).with_name("taxonomy.json"), tmp)
+    shutil.copyfile(Path(__file__).resolve().parents[1] / "demo" / "taxonomy.json", tmp)
     os.replace(tmp, taxonomy)
     return DemoInputs(images_dir, images, taxonomy)
 
