@@ -264,7 +264,7 @@ def full_size(args) -> None:
     counter = UnetCounter(pipe.unet)
     params = sum(p.numel() for p in unet.parameters()) / 1e6
     print(f"full-size build: {time.perf_counter() - t0:.1f} s (UNet {params:.0f} M params) on {device} {args.dtype}")
-    from diffex.editing.ledits import _per_image_attention
+    from diffex.editing.ledits.patches import _per_image_attention
 
     k, target = args.full_steps, args.steps_target
     note = "measured" if k == target else f"extrapolated linearly from {k} to {target} steps"

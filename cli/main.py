@@ -12,7 +12,7 @@ import warnings
 
 import click
 
-from diffex.errors import DiffexError, DiffexWarning, UsageError
+from diffex.errors import DiffexError, DiffexWarning, OptionError, UsageError
 
 from .output import FORMATS, format_rows, jsonable
 
@@ -52,6 +52,8 @@ class DiffexGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except OptionError as exc:  # a library option, said as this command's flag
+            raise Failure(exc.message(lambda option: "--" + option.replace("_", "-")), 2) from None
         except UsageError as exc:
             raise Failure(str(exc), 2) from None
         except DiffexError as exc:
@@ -153,7 +155,7 @@ def demo(db, n_images, classifier, samples, editor, as_json) -> None:
 @click.option("--taxonomy", type=click.Path(), required=True, help="Semantic hierarchy: .json, .yaml/.yml, or an indented .txt/.md outline.")
 @click.option("--classifier", required=True, help="Classifier SPEC: demo:v1, demo:v2, python:PATH_OR_MODULE:ATTR, hf:MODEL_ID_OR_PATH, "
                    "torchscript:PATH?class_names=a,b&size=224&mean=...&std=..., clip:MODEL_ID_OR_PATH?labels=a,b")
-@click.option("--editor", default="demo", show_default=True, help="Editor SPEC: demo, ledits:MODEL_ID_OR_PATH[?opts], ...")
+@click.option("--editor", default=None, help="Editor SPEC: demo, ledits:MODEL_ID_OR_PATH[?opts], ... (default: demo, which edits only demo-world images).")
 @click.option("--beam", type=int, default=8, show_default=True, help="Nodes kept per class at each level; 0 expands the whole tree.")
 @click.option("--samples", type=int, default=4, show_default=True, help="Edit seeds per (image, node).")
 @click.option("--depth", type=int, default=None, help="Deepest level to score (default: all).")
@@ -360,7 +362,7 @@ def verify(ctx, db, repair, cache_dir, no_pixels, as_json) -> None:
     (after --repair: healthy now), 1: problems remain. Missing cached images are recomputed
     by the next `diffex index` with the same arguments.
     """
-    from diffex.store.verify import verify_store
+    from diffex.indexing.verify import verify_store
 
     report = verify_store(db, repair=repair, cache_dir=cache_dir, check_pixels=not no_pixels)
     if as_json:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from PIL import Image
+
+from . import atomic
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -131,8 +132,6 @@ def _write_memo(path: Path, memo: dict[str, str]) -> None:
     # renamed, so concurrent processes never read half a file.
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps(memo, sort_keys=True))
-        os.replace(tmp, path)
+        atomic.write_text(path, json.dumps(memo, sort_keys=True))
     except OSError:
         pass

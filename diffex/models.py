@@ -16,7 +16,7 @@ The policy:
 - Quiet: library warnings, notices and progress bars are silenced while a model loads.
 - One line: every failure is a DiffexError of one line naming the model.
 
-Also here: SPEC option parsing shared by the backends (`MODEL?key=value&...`).
+SPEC options are parsed by diffex/specs.py, the one parser of every registry.
 """
 
 from __future__ import annotations
@@ -29,74 +29,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
-from urllib.parse import unquote
 
 from .errors import DiffexError
 
-TRUE = {"1", "true", "yes", "on"}
-FALSE = {"0", "false", "no", "off", ""}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-
-
-# ---------------------------------------------------------------------------- SPEC options
-def split_spec(prefix: str, rest: str, allowed: Mapping[str, str], needs_target: bool = True) -> tuple[str, dict[str, str]]:
-    """`MODEL?k=v&k2=v2` -> ("MODEL", {k: v}); values are %-decoded (a literal '+' stays '+').
-    `allowed` maps option names to a short help used in the error for an unknown option;
-    needs_target=False accepts a bare `?k=v` (a backend with no model, e.g. `demo?...`)."""
-    target, _, query = rest.partition("?")
-    if not target and needs_target:
-        raise DiffexError(f"{prefix} spec needs a model: {prefix}:MODEL_ID_OR_PATH[?option=value&...]")
-    options: dict[str, str] = {}
-    for part in filter(None, query.split("&")):
-        key, eq, value = part.partition("=")
-        key = unquote(key).strip()
-        if key not in allowed:
-            valid = "; ".join(f"{k} ({v})" for k, v in allowed.items())
-            raise DiffexError(f"unknown option {key!r} in {prefix}:{rest}; valid: {valid}")
-        if not eq:
-            raise DiffexError(f"option {key!r} in {prefix}:{rest} needs a value: {key}=...")
-        if key in options:
-            raise DiffexError(f"option {key!r} given twice in {prefix}:{rest}")
-        options[key] = unquote(value)
-    return target, options
-
-
-def flag(options: Mapping[str, str], key: str) -> bool:
-    value = options.get(key, "0").strip().lower()
-    if value in TRUE:
-        return True
-    if value in FALSE:
-        return False
-    raise DiffexError(f"option {key} must be 1 or 0, got {options[key]!r}")
-
-
-def float_list(options: Mapping[str, str], key: str, default: tuple[float, ...], n: int = 3) -> tuple[float, ...]:
-    """`0.5` or `0.485,0.456,0.406` -> n floats (one value is repeated n times)."""
-    if key not in options:
-        return default
-    try:
-        values = tuple(float(v) for v in options[key].split(","))
-    except ValueError:
-        raise DiffexError(f"option {key} must be 1 or {n} comma-separated numbers, got {options[key]!r}") from None
-    if len(values) == 1:
-        values = values * n
-    if len(values) != n:
-        raise DiffexError(f"option {key} must be 1 or {n} comma-separated numbers, got {options[key]!r}")
-    return values
-
-
-def name_list(options: Mapping[str, str], key: str) -> tuple[str, ...] | None:
-    """`a,b,c` -> ("a", "b", "c"); None when absent; empty or repeated names are errors."""
-    if key not in options:
-        return None
-    names = tuple(n.strip() for n in options[key].split(","))
-    if not names or any(not n for n in names):
-        raise DiffexError(f"option {key} has an empty name: {options[key]!r}")
-    if len(set(names)) != len(names):
-        raise DiffexError(f"option {key} repeats a name: {options[key]!r}")
-    return names
 
 
 # ---------------------------------------------------------------------------- where a model is
@@ -288,6 +226,14 @@ def torch_load(path: Path, *, allow_pickle: bool) -> Any:
     return torch.load(str(path), map_location="cpu", weights_only=not allow_pickle)
 
 
+def load_safetensors(path: "str | Path") -> dict[str, Any]:
+    """The tensors of a .safetensors file (shipped weights, a cached inversion), on the CPU:
+    never unpickles, never touches the network."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
 def clean_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A config dict without what depends on where or when it was saved (paths, versions)."""
     drop = {"transformers_version", "name_or_path", "dtype", "torch_dtype", "processor_class", "auto_map"}
@@ -298,18 +244,3 @@ def clean_config(config: Mapping[str, Any]) -> dict[str, Any]:
             continue
         out[key] = clean_config(value) if isinstance(value, Mapping) else value
     return out
-
-
-def offline_mode() -> bool:
-    """Whether the user set HF_HUB_OFFLINE (diffex is always offline; kept for old callers)."""
-    return any(os.environ.get(k, "").strip().lower() in TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-# Old names, kept for callers of diffex.classifiers.loading.
-def safetensors_required(prefix: str, directory: Path | None, allow_pickle: bool) -> bool:
-    if directory is None:
-        return not allow_pickle
-    return check_weights(prefix, directory, allow_pickle) is not False
-
-
-quiet_transformers = quiet

@@ -292,20 +292,24 @@ LEFT JOIN nodes parent ON parent.node_id = n.parent_id;
 CREATE OR REPLACE VIEW node_effects AS SELECT * FROM node_effects_with(FALSE);
 CREATE OR REPLACE VIEW node_effects_all AS SELECT * FROM node_effects_with(TRUE);
 
--- The classifier a macro talks about: the one named (id, id prefix, name or spec), else the
--- pinned one (`diffex use`), else the most recently indexed. Unknown names raise an error
--- instead of an empty answer. (Store.resolve_classifier applies the same rule in Python.)
+-- The one resolve rule of stored things (classifiers, embedders, taxonomy versions): `which`
+-- names a row by its id, an id prefix of 6+ characters, its name or its spec. The pick_*
+-- macros below and Store.resolve_* in Python all call this macro; "else the newest" is the
+-- order each one lists its rows in.
+CREATE OR REPLACE MACRO named_by(which, id, spec, name) AS
+    coalesce(id = which OR spec = which OR name = which OR (length(which) >= 6 AND starts_with(id, which)), FALSE);
+
+-- The classifier a macro talks about: the one named (named_by), else the pinned one
+-- (`diffex use`), else the most recently indexed. Unknown names raise an error instead of an
+-- empty answer.
 CREATE OR REPLACE MACRO pick_classifier(which) AS TABLE
 SELECT classifier_id FROM (
     SELECT classifier_id, pinned_at, indexed_at FROM classifiers
-    WHERE which IS NULL OR classifier_id = which OR spec = which OR name = which
-       OR (length(which) >= 6 AND starts_with(classifier_id, which))
+    WHERE which IS NULL OR named_by(which, classifier_id, spec, name)
     UNION ALL
     SELECT error('unknown classifier ' || which || ' (see diffex info)')::VARCHAR, NULL, NULL
     WHERE which IS NOT NULL AND NOT EXISTS (
-        SELECT 1 FROM classifiers
-        WHERE classifier_id = which OR spec = which OR name = which
-           OR (length(which) >= 6 AND starts_with(classifier_id, which)))
+        SELECT 1 FROM classifiers WHERE named_by(which, classifier_id, spec, name))
 )
 ORDER BY pinned_at DESC NULLS LAST, indexed_at DESC NULLS LAST
 LIMIT 1;
@@ -479,19 +483,16 @@ WHERE confounded_with IS NOT NULL
 ORDER BY rank;
 
 -- ---------------------------------------------------------------- embeddings (diffex/embed.py)
--- The embedder a macro talks about: the one named (id, id prefix, name or spec), else the
--- most recently registered. Unknown names raise an error instead of an empty answer.
+-- The embedder a macro talks about: the one named (named_by), else the most recently
+-- registered. Unknown names raise an error instead of an empty answer.
 CREATE OR REPLACE MACRO pick_embedder(which) AS TABLE
 SELECT embedder_id FROM (
     SELECT embedder_id, created_at FROM embedders
-    WHERE which IS NULL OR embedder_id = which OR spec = which OR name = which
-       OR (length(which) >= 6 AND starts_with(embedder_id, which))
+    WHERE which IS NULL OR named_by(which, embedder_id, spec, name)
     UNION ALL
     SELECT error('unknown embedder ' || which || ' (see diffex info)')::VARCHAR, NULL
     WHERE which IS NOT NULL AND NOT EXISTS (
-        SELECT 1 FROM embedders
-        WHERE embedder_id = which OR spec = which OR name = which
-           OR (length(which) >= 6 AND starts_with(embedder_id, which)))
+        SELECT 1 FROM embedders WHERE named_by(which, embedder_id, spec, name))
 )
 ORDER BY created_at DESC NULLS LAST
 LIMIT 1;

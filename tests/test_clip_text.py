@@ -102,7 +102,7 @@ def test_only_files_known_to_give_the_stored_id_are_trusted(tmp_path, variants, 
 
 
 def _search_in_subprocess(db: Path, cache: Path) -> dict:
-    code = ("import json, sys; from diffex.search import search, nodes_like; "
+    code = ("import json, sys; from diffex.embedding.search import search, nodes_like; "
             f"rows = search({str(db)!r}, text='a face with a goatee', k=4, class_name='bright'); "
             f"nodes = nodes_like({str(db)!r}, 'glasses', k=3); "
             "print(json.dumps({'torch': 'torch' in sys.modules, 'transformers': 'transformers' in sys.modules, "

@@ -242,7 +242,7 @@ def test_attention_store_regroups_rows_per_image():
     import torch
     from diffusers.pipelines.ledits_pp import pipeline_leditspp_stable_diffusion as module
 
-    from diffex.editing.ledits import _PerImageAttentionStore
+    from diffex.editing.ledits.patches import _PerImageAttentionStore
 
     fixed = type("LeditsAttentionStore", (_PerImageAttentionStore, module.LeditsAttentionStore), {})
     prompts, images, heads, res, tokens = 2, 3, 4, (2, 2), 5
@@ -280,7 +280,7 @@ def test_batched_images_match_one_at_a_time(model_path, tmp_path, monkeypatch):
     import diffusers.pipelines.ledits_pp.pipeline_leditspp_stable_diffusion as module
     import torch
 
-    from diffex.editing import ledits
+    from diffex.editing.ledits import editor as ledits  # the module that calls _per_image_attention
 
     recorded: dict = {}
     aggregate = module.LeditsAttentionStore.aggregate_attention

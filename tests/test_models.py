@@ -110,7 +110,7 @@ def test_hub_id_in_the_local_cache_loads_without_hf_hub_offline(tmp_path, monkey
 def test_missing_hub_model_is_one_line_without_any_network_call(tmp_path, monkeypatch, no_network):
     from diffex.scoring import load_classifier
     from diffex.embedding import load_embedder
-    from diffex.taxonomy.propose import load_vlm
+    from diffex.taxonomy.vlm import load_vlm
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     expected = (r"^{kind} model 'org/absent' is not in the local Hugging Face cache \(" + re.escape(str(tmp_path / "empty"))

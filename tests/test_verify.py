@@ -21,7 +21,7 @@ from diffex.hashing import hash_image
 from diffex.store.locks import index_run_lock
 from diffex.store.core import Store
 from diffex.embedding.vectors import VectorIndex, index_path, index_status
-from diffex.store.verify import verify_store
+from diffex.indexing.verify import verify_store
 
 DEMO = {"n_images": 4, "samples": 1}
 

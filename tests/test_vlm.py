@@ -14,7 +14,10 @@ import pytest
 
 from diffex.errors import DiffexError
 from diffex.store.core import Store
-from diffex.taxonomy.propose import HFVLM, OpenAIVLM, build_prompt, parse_answer, propose_taxonomy, taxonomy_from_answer
+from diffex.taxonomy.answer import parse_answer, taxonomy_from_answer
+from diffex.taxonomy.propose import build_prompt, propose_taxonomy
+from diffex.taxonomy.vlm_hf import HFVLM
+from diffex.taxonomy.vlm_http import OpenAIVLM
 
 ANSWERS = {
     "good": '{"facial hair": {"beard": ["goatee", "full beard"]}, "headwear": ["cap"]}',
@@ -76,7 +79,7 @@ def test_prompt_asks_for_fine_grained_editable_json():
     prompt = build_prompt(3, "cartoon faces")
     assert "cartoon faces" in prompt and "fine-grained sub-type" in prompt and "3 levels deep" in prompt
     assert "JSON only" in prompt and '{"category": {"sub-type": ["finer sub-type", ...]}}' in prompt
-    with pytest.raises(DiffexError, match="--levels must be between 1 and 8"):
+    with pytest.raises(DiffexError, match="^levels must be between 1 and 8"):
         build_prompt(9)
 
 

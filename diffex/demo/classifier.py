@@ -21,6 +21,7 @@ from torch import nn
 from ..scoring.base import Classifier
 from ..errors import DiffexError
 from ..hashing import hash_tensors
+from ..models import load_safetensors
 
 CLASS_NAMES: tuple[str, ...] = ("young", "old")
 VERSIONS: tuple[str, ...] = ("v1", "v2")
@@ -73,12 +74,10 @@ def weights_path(version: str) -> Path:
 @lru_cache(maxsize=4)
 def load_demo_model(version: str) -> tuple[DemoCNN, str]:
     """(model in eval mode, classifier_id) for a shipped version; raises DiffexError if missing."""
-    from safetensors.torch import load_file
-
     path = weights_path(version)
     if not path.exists():
         raise DiffexError(f"demo classifier weights {path} are missing; run scripts/train_demo_classifier.py")
-    state = load_file(str(path))
+    state = load_safetensors(path)
     model = DemoCNN(len(CLASS_NAMES))
     model.load_state_dict(state)
     model.eval()

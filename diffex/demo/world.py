@@ -1,4 +1,5 @@
 """A procedural world of 64x64 cartoon faces whose attributes form a semantic hierarchy.
+(One file of ~480 lines on purpose: the drawing, the spec and its PNG encoding must change together.)
 
 Every face is a `FaceSpec` (an image seed plus one leaf label, or "none", per slot, and an
 age); `render` draws it deterministically and embeds the spec in the PNG, which is what
@@ -9,10 +10,8 @@ position, size and colours, so changing one attribute and re-rendering changes n
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
@@ -20,6 +19,7 @@ from typing import Mapping
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
+from ..atomic import atomic_path
 from ..errors import DiffexError
 
 # Bump whenever a pixel of any rendering changes: the demo editor's identity includes it.
@@ -501,12 +501,7 @@ def write_dataset(folder, n: int, start_seed: int = 0) -> list[Path]:
     out = []
     for seed in range(start_seed, start_seed + n):
         path = folder / f"face_{seed:05d}.png"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.stem}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_png(sample_spec(seed), Path(tmp)).replace(path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:
+            save_png(sample_spec(seed), tmp)
         out.append(path)
     return out

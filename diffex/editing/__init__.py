@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..registry import build
+from ..specs import build
 from .base import EditSession, Editor
 
 # prefix -> "module:factory"; the factory takes the text after "prefix:" ("" when absent).

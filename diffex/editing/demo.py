@@ -26,7 +26,7 @@ from PIL import Image
 
 from ..demo.world import ALL_LEAVES, OPTIONAL_SLOTS, WORLD_VERSION, FaceSpec, normalise_prompt, render, resolve_prompt, spec_from_image
 from ..errors import DiffexError
-from ..models import split_spec
+from ..specs import split_spec
 from ..types import Concept
 from .base import EditSession, Editor
 

@@ -4,7 +4,7 @@ diffex and loaded through the same `clip:` code)."""
 
 from __future__ import annotations
 
-from ..registry import build
+from ..specs import build
 from .base import DEFAULT_VALIDITY_THRESHOLD, Embedder
 
 # prefix -> "module:factory"; the factory takes the text after "prefix:" ("" when absent).

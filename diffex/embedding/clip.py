@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any, Sequence
-from urllib.parse import parse_qsl
 
 import numpy as np
 from PIL import Image
 
-from .. import models
+from .. import models, specs
 from ..errors import DiffexError
 from ..hashing import hash_json, hash_tensors
 from .base import DEFAULT_VALIDITY_THRESHOLD, Embedder, side_effect_calibration
@@ -152,37 +151,34 @@ def _calibrated_threshold(directory: Path) -> float:
     return DEFAULT_VALIDITY_THRESHOLD
 
 
-def _parse(rest: str) -> tuple[str, dict[str, str]]:
-    source, _, query = rest.partition("?")
-    options = dict(parse_qsl(query, keep_blank_values=True))
-    unknown = set(options) - {"device", "batch"}
-    if unknown:
-        raise DiffexError(f"unknown clip option(s) {', '.join(sorted(unknown))}; valid: device, batch")
-    return source, options
+def _parse(prefix: str, rest: str) -> tuple[str, dict]:
+    source, options = specs.split_spec(prefix, rest, {"device": "cpu, cuda, ...", "batch": "images per forward pass"},
+                                       needs_target=False)
+    return source, specs.typed(prefix, options, {"device": str, "batch": int})
 
 
 def from_spec(rest: str) -> ClipEmbedder:
     """`clip:MODEL_ID_OR_PATH[?device=cuda&batch=64]`. A local path is stored absolute, so the
     database can reload the same model from any working directory."""
-    source, options = _parse(rest)
+    source, options = _parse("clip", rest)
     if not source:
         raise DiffexError("the clip embedder needs a model: clip:MODEL_ID_OR_PATH (e.g. clip:openai/clip-vit-base-patch32)")
     local = Path(source).expanduser()
     if local.exists():
         source = str(local.resolve())
-    emb = ClipEmbedder(source, device=options.get("device", "cpu"), batch_size=int(options.get("batch", 64)))
+    emb = ClipEmbedder(source, device=options.get("device", "cpu"), batch_size=options.get("batch", 64))
     emb.spec = "clip:" + source
     return emb
 
 
 def demo_from_spec(rest: str) -> ClipEmbedder:
     """`demo`: the small CLIP trained on the demo world (scripts/train_demo_clip.py)."""
-    source, options = _parse(rest)
+    source, options = _parse("demo", rest)
     if source:
         raise DiffexError(f"the demo embedder takes no model, got 'demo:{rest}'; use 'demo' or 'clip:PATH'")
     if not (DEMO_CLIP_DIR / "config.json").is_file():
         raise DiffexError(f"the demo CLIP is missing from {DEMO_CLIP_DIR}; train it with scripts/train_demo_clip.py")
-    emb = ClipEmbedder(str(DEMO_CLIP_DIR), device=options.get("device", "cpu"), batch_size=int(options.get("batch", 256)))
+    emb = ClipEmbedder(str(DEMO_CLIP_DIR), device=options.get("device", "cpu"), batch_size=options.get("batch", 256))
     emb.name = "demo-clip"
     emb.spec = "demo"
     return emb

@@ -15,7 +15,7 @@ import numpy as np
 
 from .stage import TextTemplates
 from . import Embedder, load_embedder
-from ..errors import DiffexError, UsageError
+from ..errors import DiffexError, OptionError, UsageError
 from ..images import load_image
 from ..store.core import Store
 from .vectors import VectorIndex
@@ -53,8 +53,7 @@ def _stored_row(store: Store, which: str | None) -> dict | None:
     it may be a spec to load), or the most recent one when `which` is None."""
     if which is None:
         return store.resolve_embedder(None)
-    return next((r for r in store.embedders() if which in (r["embedder_id"], r["spec"], r["name"])
-                 or (len(which) >= 6 and r["embedder_id"].startswith(which))), None)
+    return store.find_embedder(which)
 
 
 def _text_embedder(store: Store, which: "str | Embedder | None") -> tuple[Embedder, dict]:
@@ -103,9 +102,9 @@ def search(
     if text is not None and not str(text).strip():
         raise UsageError("empty query text")
     if kind not in KINDS:
-        raise UsageError(f"unknown --kind {kind!r}; valid: {', '.join(KINDS)}")
+        raise OptionError("kind", f"{kind!r} is unknown; valid: {', '.join(KINDS)}")
     if k < 1:
-        raise UsageError(f"--k must be at least 1, got {k}")
+        raise OptionError("k", f"must be at least 1, got {k}")
     store = _open(db, cache_dir)
     try:
         clf = store.check_class(class_name, classifier) if class_name is not None else None
@@ -137,9 +136,7 @@ def search(
 def _distinct_pixels(store: Store, hits: list[tuple[str, float]]) -> list[tuple[str, float]]:
     """Keep one hit per edited picture: two seeds (or two nodes) often produce the same pixels,
     and listing the same image twice wastes the user's k."""
-    shas = dict(store.con.execute(
-        "SELECT edit_id, output_sha256 FROM edits WHERE edit_id IN (SELECT unnest(?))", [[i for i, _ in hits]]
-    ).fetchall())
+    shas = store.edit_pixel_hashes([i for i, _ in hits])
     seen: set[str] = set()
     out = []
     for item_id, sim in hits:
@@ -153,41 +150,13 @@ def _distinct_pixels(store: Store, hits: list[tuple[str, float]]) -> list[tuple[
 def _item_kinds(store: Store, item_ids: list[str]) -> dict[str, str]:
     """item id -> 'image', the edit's kind ('baseline' | 'single' | 'joint'), or its status when
     it is not 'ok' (a blocked edit's blank pixels are never a search result)."""
-    rows = store._rows(
-        """SELECT edit_id AS item_id, CASE WHEN status = 'ok' THEN kind ELSE status END AS kind
-           FROM edits WHERE edit_id IN (SELECT unnest($ids))
-           UNION ALL SELECT image_id, 'image' FROM images WHERE image_id IN (SELECT unnest($ids))""",
-        {"ids": list(item_ids)},
-    )
-    return {r["item_id"]: r["kind"] for r in rows}
+    return store.item_kinds(item_ids)
 
 
 def _describe(store: Store, hits: list[tuple[str, float]], kind: str, clf: dict | None, class_name: str | None) -> list[dict]:
     ids = [i for i, _ in hits]
     clf_id = clf["classifier_id"] if clf else None
-    if kind == "edit":
-        rows = store._rows(
-            """SELECT e.edit_id, e.image_id, i.uri, e.direction, e.cache_path, array_to_string(e.prompts, ' + ') AS prompt,
-                      (SELECT min(n.label) FROM edit_nodes en JOIN nodes n ON n.node_id = en.node_id WHERE en.edit_id = e.edit_id) AS node,
-                      (SELECT min(n.path) FROM edit_nodes en JOIN nodes n ON n.node_id = en.node_id WHERE en.edit_id = e.edit_id) AS path,
-                      coalesce(ev.valid, TRUE) AS valid, ev.direction_sim,
-                      d.prob_edit AS prob, d.delta_prob
-               FROM edits e JOIN images i ON i.image_id = e.image_id
-               LEFT JOIN edit_validity_current ev ON ev.edit_id = e.edit_id
-               LEFT JOIN (SELECT DISTINCT edit_id, prob_edit, delta_prob FROM edit_deltas
-                          WHERE classifier_id = $clf AND class_name = $cls) d ON d.edit_id = e.edit_id
-               WHERE e.edit_id IN (SELECT unnest($ids))""",
-            {"ids": ids, "clf": clf_id, "cls": class_name},
-        )
-    else:
-        rows = store._rows(
-            """SELECT NULL AS edit_id, i.image_id, i.uri, NULL AS direction, NULL AS cache_path, NULL AS prompt,
-                      NULL AS node, NULL AS path, NULL AS valid, NULL AS direction_sim, s.prob, NULL AS delta_prob
-               FROM images i
-               LEFT JOIN class_scores s ON s.item_id = i.image_id AND s.classifier_id = $clf AND s.class_name = $cls
-               WHERE i.image_id IN (SELECT unnest($ids))""",
-            {"ids": ids, "clf": clf_id, "cls": class_name},
-        )
+    rows = store.describe_edits(ids, clf_id, class_name) if kind == "edit" else store.describe_images(ids, clf_id, class_name)
     by_id = {(r["edit_id"] or r["image_id"]): r for r in rows}
     out = []
     for rank, (item_id, sim) in enumerate(hits, start=1):
@@ -212,12 +181,11 @@ def nodes_like(
     if not text or not str(text).strip():
         raise UsageError("empty query text")
     if k < 1:
-        raise UsageError(f"--k must be at least 1, got {k}")
+        raise OptionError("k", f"must be at least 1, got {k}")
     store = _open(db, cache_dir)
     try:
         emb, row = _text_embedder(store, embedder)
-        domain = store._rows("SELECT domain FROM taxonomies ORDER BY created_at DESC LIMIT 1")
-        templates = TextTemplates(domain=domain[0]["domain"] if domain else None)
+        templates = TextTemplates(domain=store.newest_domain())
         phrase = str(text).strip()
         query_text = phrase if phrase.lower().startswith(("a ", "an ", "the ")) else templates.concept_text(phrase.lower())
         query, neutral = emb.embed_texts([query_text, templates.neutral_text()])
@@ -230,10 +198,7 @@ def nodes_like(
         q = query - neutral
         sims = (dirs @ q) / np.maximum(np.linalg.norm(dirs, axis=1) * np.linalg.norm(q), 1e-12)
         order = np.argsort(-sims, kind="stable")[:k]
-        nodes = {r["node_id"]: r for r in store._rows(
-            """SELECT n.node_id, n.label, n.path, n.depth, p.label AS parent FROM nodes n
-               LEFT JOIN nodes p ON p.node_id = n.parent_id WHERE n.node_id IN (SELECT unnest(?))""",
-            [[ids[j] for j in order]])}
+        nodes = {r["node_id"]: r for r in store.node_rows([ids[j] for j in order])}
         return [{"rank": r + 1, "similarity": round(float(sims[j]), 4), "node": nodes[ids[j]]["label"],
                  "path": nodes[ids[j]]["path"], "depth": nodes[ids[j]]["depth"], "parent": nodes[ids[j]]["parent"]}
                 for r, j in enumerate(order)]

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from .. import atomic
 from ..errors import DiffexError
 from ..store.core import Store
 
@@ -94,10 +93,10 @@ class VectorIndex:
         assert self.path is not None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self.path, faiss.serialize_index(self.index).tobytes())
+            atomic.write_bytes(self.path, faiss.serialize_index(self.index).tobytes())
             side = {"format": FORMAT, "embedder_id": self.embedder_id, "dim": self.dim, "count": len(self.item_ids),
                     "checksum": checksum, "kinds": list(KINDS), "item_ids": self.item_ids}
-            _atomic_write(self.path.with_suffix(".json"), json.dumps(side).encode("utf-8"))
+            atomic.write_bytes(self.path.with_suffix(".json"), json.dumps(side).encode("utf-8"))
         except OSError:
             pass  # a read-only place: the index still serves this process from memory
 
@@ -182,12 +181,3 @@ def _read_index(path: Path):
         return None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -3,14 +3,13 @@ rank what moves it, next to the ground truth the classifier was trained with."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .indexer import run_index
+from ..atomic import atomic_path
 from ..store.core import Store, check_db_path
 from ..demo.classifier import ground_truth
 from ..demo.world import write_dataset
@@ -35,10 +34,8 @@ def prepare_inputs(db: "str | Path", n_images: int) -> DemoInputs:
     images_dir = db.parent / f"{db.stem}-images"
     images = tuple(write_dataset(images_dir, n_images, start_seed=DEMO_SEED))
     taxonomy = db.parent / f"{db.stem}-taxonomy.json"
-    fd, tmp = tempfile.mkstemp(dir=db.parent, prefix=f".{taxonomy.name}.", suffix=".tmp")
-    os.close(fd)
-    shutil.copyfile(Path(__file__).resolve().parents[1] / "demo" / "taxonomy.json", tmp)
-    os.replace(tmp, taxonomy)
+    with atomic_path(taxonomy) as tmp:
+        shutil.copyfile(Path(__file__).resolve().parents[1] / "demo" / "taxonomy.json", tmp)
     return DemoInputs(images_dir, images, taxonomy)
 
 

@@ -1,5 +1,6 @@
 """`diffex index` as a library call: taxonomy -> plan -> edit -> classify -> store, walking the
-hierarchy with the beam search. Everything is keyed by content hashes, so a second run with the
+hierarchy with the beam search. run_index reads top to bottom: check the inputs, open the store,
+register, originals and baselines, the beam walk, the joint step, finish. Everything is keyed by content hashes, so a second run with the
 same inputs computes nothing and a new classifier only re-scores the cached edits."""
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from ..editing.stage import EditRequest, baseline_request, ensure_edits
 from ..editing import Editor, load_editor
 from ..embedding.stage import TextTemplates, embed_nodes, ensure_embeddings, ensure_validity
 from ..embedding.side_effects import ensure_side_effects  # issue 13
-from ..embedding import Embedder, load_embedder
-from ..errors import DiffexError, UsageError
+from ..embedding import load_embedder
+from ..errors import DiffexError
 from ..images import read_images
 from ..store.locks import index_run_lock
 from ..store.core import Store, check_db_path
 from ..taxonomy.tree import load_taxonomy
-from ..types import DIRECTIONS, Concept, Node, Taxonomy
+from ..types import Concept, Node, Taxonomy
+from .options import IndexOptions
 
 
 @dataclass
@@ -68,195 +70,192 @@ def run_index(
     images: Sequence[str],
     taxonomy: "str | Path | Taxonomy | dict",
     classifier: "str | Classifier",
-    editor: "str | Editor" = "demo",
-    *,
-    beam: int = 8,
-    samples: int = 4,
-    depth: int | None = None,
-    min_delta: float = 0.0,
-    classes: Sequence[str] | None = None,
-    directions: Sequence[str] = ("add",),
-    require_gain: bool = False,
-    cache_dir: "str | Path | None" = None,
-    progress: bool = False,
-    embedder: "str | Embedder | None" = None,
-    validity_threshold: float | None = None,
-    text_templates: "TextTemplates | None" = None,
-    joint: int = 0,
-    joint_top: int | None = None,
+    editor: "str | Editor | None" = None,
+    options: IndexOptions | None = None,
+    **knobs: Any,
 ) -> IndexStats:
     """Index `images` against `taxonomy` with `editor` and `classifier` into the store at `db`.
 
-    beam: nodes kept per class at each level (0 = expand the whole tree); samples: edit seeds per
-    (image, node); depth: deepest level to score (None = all); classes: target classes of the
-    beam search (default all; every class is scored regardless). embedder: an embedder SPEC
-    (`clip:MODEL`, `demo`) to store CLIP vectors of originals, baselines, edits and node texts
-    and judge every edit's validity (diffex/embedding/stage.py; invalid edits are left out of the effect
-    views and of the beam search); validity_threshold overrides the embedder's own;
-    text_templates: how concepts become text (default from the taxonomy's domain).
-    joint: after the walk, combine `joint` (2..5) semantics into joint edits per target class,
-    among the `joint_top` (default max(beam, 4)) strongest scored nodes of that class (rule in
-    diffex/analysis/beam.py `compatible`); the best combination per class lands in `stats.best_joint`.
-    Raises DiffexError on bad input.
+    The knobs (beam, samples, depth, min_delta, classes, directions, require_gain, cache_dir,
+    progress, embedder, validity_threshold, text_templates, joint, joint_top) are IndexOptions'
+    (diffex/indexing/options.py), given as one `options` object or as keywords. `editor` None is
+    the demo editor, which edits only demo-world images: a run over other pictures stops before
+    any scoring, asking for an editor. Raises DiffexError on bad input (OptionError for a bad knob).
     """
-    t0 = time.perf_counter()
-    # 1. check inputs before any compute
-    if samples < 1:
-        raise UsageError(f"--samples must be at least 1, got {samples}")
-    if beam < 0:
-        raise UsageError(f"--beam must be 0 (whole tree) or positive, got {beam}")
-    if depth is not None and depth < 1:
-        raise UsageError(f"--depth must be at least 1, got {depth}")
-    if joint and not 2 <= joint <= 5:
-        raise UsageError(f"--joint must be 0 (off) or 2 to 5 semantics per combination, got {joint}")
-    if joint_top is not None and joint_top < joint:
-        raise UsageError(f"--joint-top must be at least --joint ({joint}), got {joint_top}")
-    bad = [d for d in directions if d not in DIRECTIONS]
-    if bad or not directions:
-        raise UsageError(f"unknown direction {bad[0] if bad else ''!r}; valid: {', '.join(DIRECTIONS)}")
-    owns_store = not isinstance(db, Store)
-    if owns_store:
-        check_db_path(Path(db), read_only=False)  # a file as its folder, no permission: before any work
-    # cheap inputs before models: a bad file fails in a second, not after loading a checkpoint
-    tax = load_taxonomy(taxonomy)
-    read = read_images(images)
-    loaded = read.items
-    clf = load_classifier(classifier)
-    ed = load_editor(editor)
-    emb = load_embedder(embedder) if embedder is not None else None
-    for rec, im in loaded:
-        ed.check_image(im, rec.uri)
-    targets = list(classes) if classes else list(clf.class_names)
-    unknown = [c for c in targets if c not in clf.class_names]
-    if unknown:
-        raise DiffexError(f"unknown class {unknown[0]!r}; {clf.spec or clf.name} has: {', '.join(clf.class_names)}")
-    # a classifier that returns the wrong shape or NaN fails here, before anything is stored
-    score_images(clf, [loaded[0][1]])
-    pictures = {rec.image_id: im for rec, im in loaded}
-    image_ids = [rec.image_id for rec, _ in loaded]
-    templates = text_templates or TextTemplates(domain=tax.domain)
+    if options is not None and knobs:
+        raise TypeError(f"give the knobs in `options` or as keywords, not both (got {', '.join(knobs)})")
+    opts = (options or IndexOptions(**knobs)).validate()
+    run = _Run(db, opts)
+    run.check_inputs(images, taxonomy, classifier, editor)
+    with run.open_store():
+        run.register()
+        run.score_originals_and_baselines()
+        run.walk_the_beam()
+        if opts.joint:
+            run.joint_step()
+        run.finish()
+    return run.stats
 
-    # no database is created before the editor's model is known to load: a new one needs the
-    # model for its first edits anyway; an existing one may need no edit (lazy load)
-    ed.check(load=owns_store and not Path(db).exists())
-    # one index run per store at a time; readers are served between its commits (docs/store.md)
-    run_lock = index_run_lock(Path(db)) if owns_store else contextlib.nullcontext()
-    run_lock.__enter__()
-    try:
-        store = Store.open(db, cache_dir=cache_dir, shared=True) if owns_store else db
-    except BaseException:
-        run_lock.__exit__(None, None, None)
-        raise
-    progress_bar = _progress_factory(progress)
-    stats = IndexStats(images=len(loaded), images_skipped=len(read.skipped), classifier_id=clf.classifier_id,
-                       editor_id=ed.editor_id, taxonomy_id=tax.taxonomy_id)
-    try:
-        run_id = store.start_run("index", {
-            "images": [str(i) for i in images], "taxonomy": tax.taxonomy_id, "classifier": clf.spec,
-            "editor": ed.spec, "beam": beam, "samples": samples, "depth": depth, "min_delta": min_delta,
-            "classes": targets, "directions": list(directions), "embedder": emb.spec if emb else None,
-            "joint": joint, "joint_top": joint_top,
+
+class _Run:
+    """One index run, its steps in the order run_index calls them. Everything is keyed by content
+    hashes, so a step finds what an earlier run computed and only counts it as reused."""
+
+    def __init__(self, db: "str | Path | Store", opts: IndexOptions):
+        self.t0 = time.perf_counter()
+        self.db, self.opts = db, opts
+        self.owns_store = not isinstance(db, Store)
+        self.progress_bar = _progress_factory(opts.progress)
+
+    # 1. inputs, cheap ones first: a bad file fails in a second, not after loading a checkpoint
+    def check_inputs(self, images, taxonomy, classifier, editor) -> None:
+        opts = self.opts
+        if self.owns_store:
+            check_db_path(Path(self.db), read_only=False)  # a file as its folder, no permission: before any work
+        self.images_given, self.taxonomy_given = images, taxonomy
+        self.tax = load_taxonomy(taxonomy)
+        read = read_images(images)
+        self.loaded = read.items
+        self.clf = load_classifier(classifier)
+        self.ed = load_editor(editor if editor is not None else "demo")
+        self.emb = load_embedder(opts.embedder) if opts.embedder is not None else None
+        for rec, im in self.loaded:
+            try:
+                self.ed.check_image(im, rec.uri)
+            except DiffexError as exc:
+                if editor is None:  # the default was chosen for the user: say so, and what to give instead
+                    raise DiffexError(f"no editor given, and the default (demo) only edits demo-world images: {exc}") from None
+                raise
+        self.targets = list(opts.classes) if opts.classes else list(self.clf.class_names)
+        unknown = [c for c in self.targets if c not in self.clf.class_names]
+        if unknown:
+            raise DiffexError(f"unknown class {unknown[0]!r}; {self.clf.spec or self.clf.name} has: {', '.join(self.clf.class_names)}")
+        # a classifier that returns the wrong shape or NaN fails here, before anything is stored
+        score_images(self.clf, [self.loaded[0][1]])
+        self.pictures = {rec.image_id: im for rec, im in self.loaded}
+        self.image_ids = [rec.image_id for rec, _ in self.loaded]
+        self.templates = opts.text_templates or TextTemplates(domain=self.tax.domain)
+        self.stats = IndexStats(images=len(self.loaded), images_skipped=len(read.skipped),
+                                classifier_id=self.clf.classifier_id, editor_id=self.ed.editor_id,
+                                taxonomy_id=self.tax.taxonomy_id)
+
+    # 2. the store, held for the whole run (one index run per store; readers are served between commits)
+    @contextlib.contextmanager
+    def open_store(self):
+        # no database is created before the editor's model is known to load: a new one needs the
+        # model for its first edits anyway; an existing one may need no edit (lazy load)
+        self.ed.check(load=self.owns_store and not Path(self.db).exists())
+        if not self.owns_store:
+            self.store = self.db
+            yield self.store
+            return
+        with index_run_lock(Path(self.db)):  # docs/store.md
+            self.store = Store.open(self.db, cache_dir=self.opts.cache_dir, shared=True)
+            try:
+                yield self.store
+            finally:
+                self.store.close()
+
+    # 3. what this run is about
+    def register(self) -> None:
+        opts, store, tax = self.opts, self.store, self.tax
+        self.run_id = store.start_run("index", {
+            "images": [str(i) for i in self.images_given], "taxonomy": tax.taxonomy_id, "classifier": self.clf.spec,
+            "editor": self.ed.spec, **opts.record(), "classes": self.targets,
+            "embedder": self.emb.spec if self.emb else None,
         })
-        # 2. register what this run is about
-        store.add_taxonomy(tax, source=str(taxonomy) if isinstance(taxonomy, (str, Path)) else None)
-        store.add_editor(ed)
-        store.add_classifier(clf, mark_indexed=False)
-        store.add_images([rec for rec, _ in loaded])
+        given = self.taxonomy_given
+        store.add_taxonomy(tax, source=str(given) if isinstance(given, (str, Path)) else None)
+        store.add_editor(self.ed)
+        store.add_classifier(self.clf, mark_indexed=False)
+        store.add_images([rec for rec, _ in self.loaded])
+        if self.emb is not None:
+            self.stats.embedder_id = self.emb.embedder_id
+            store.add_embedder(self.emb)
+            embed_nodes(store, self.emb, tax.nodes, self.templates)
 
-        def count_edits(reqs: list[EditRequest]) -> list[str]:
-            c = ensure_edits(store, ed, pictures, reqs, progress_bar)
-            stats.edits_computed += c.computed
-            stats.edits_reused += c.reused
-            stats.edits_blocked += c.blocked
-            return [r.edit_id(ed.editor_id) for r in reqs]
+    # 4. originals and null-edit baselines: the reference every effect is measured against
+    def score_originals_and_baselines(self) -> None:
+        originals = [(rec.image_id, (lambda im=im: im)) for rec, im in self.loaded]
+        self.stats.scores_computed += ensure_scores(self.store, self.clf, originals, self.progress_bar)
+        if self.emb is not None:
+            self.stats.embeddings_computed += ensure_embeddings(
+                self.store, self.emb, [(i, "image", load) for i, load in originals], self.progress_bar)
+        self._edit_score_embed([baseline_request(i) for i in self.image_ids])
 
-        def score(edit_ids: list[str]) -> None:
-            rows = store.edits_by_id(edit_ids)
-            items = [(eid, (lambda rel=rows[eid]["cache_path"]: store.cache.load(rel))) for eid in edit_ids]
-            stats.scores_computed += ensure_scores(store, clf, items, progress_bar)
-
-        # 3. originals and null-edit baselines (the reference every effect is measured against)
-        stats.scores_computed += ensure_scores(
-            store, clf, [(rec.image_id, (lambda im=im: im)) for rec, im in loaded], progress_bar
-        )
-        baseline_ids = count_edits([baseline_request(i) for i in image_ids])
-        score(baseline_ids)
-
-        def embed(edit_ids: list[str]) -> None:
-            # vectors of these edits (and validity of the single ones): after scoring, before the beam
-            if emb is None:
-                return
-            rows = store.edits_by_id(edit_ids)
-            items = [(eid, "edit", (lambda rel=rows[eid]["cache_path"]: store.cache.load(rel))) for eid in edit_ids]
-            stats.embeddings_computed += ensure_embeddings(store, emb, items, progress_bar)
-            stats.edits_invalid += ensure_validity(store, emb, edit_ids, templates, validity_threshold).invalid
-            # issue 13: what else each edit changed, against the taxonomy's leaves and top-level groups
-            ensure_side_effects(store, emb, edit_ids, tax.nodes, templates)
-
-        if emb is not None:
-            stats.embedder_id = emb.embedder_id
-            store.add_embedder(emb)
-            embed_nodes(store, emb, tax.nodes, templates)
-            stats.embeddings_computed += ensure_embeddings(
-                store, emb, [(rec.image_id, "image", (lambda im=im: im)) for rec, im in loaded], progress_bar
-            )
-            embed(baseline_ids)
-
-        # 4. beam search down the hierarchy
-        frontier: list[Node] = tax.children(None)
+    # 5. beam search down the hierarchy
+    def walk_the_beam(self) -> None:
+        opts, stats, store = self.opts, self.stats, self.store
+        frontier: list[Node] = self.tax.children(None)
         parent_effects: dict = {}
         level = 1
-        scored_nodes: set[str] = set()
-        all_effects: dict = {}  # every level's effects, for the joint step
-        while frontier and (depth is None or level <= depth):
-            reqs = [
+        self.scored_nodes: set[str] = set()
+        self.all_effects: dict = {}  # every level's effects, for the joint step
+        while frontier and (opts.depth is None or level <= opts.depth):
+            self._edit_score_embed([
                 EditRequest(image_id=i, concepts=(Concept(n.prompt, d),), seed=s, node_ids=(n.node_id,))
-                for n in frontier for i in image_ids for d in directions for s in range(samples)
-            ]
-            level_ids = count_edits(reqs)
-            score(level_ids)
-            embed(level_ids)
-            scored_nodes.update(n.node_id for n in frontier)
-            effects = store.node_effects_for(clf.classifier_id, ed.editor_id, [n.node_id for n in frontier], image_ids)
-            all_effects.update(effects)
-            kept = select_beam(frontier, effects, targets, beam, directions, min_delta, require_gain, parent_effects)
+                for n in frontier for i in self.image_ids for d in opts.directions for s in range(opts.samples)
+            ])
+            self.scored_nodes.update(n.node_id for n in frontier)
+            effects = store.node_effects_for(self.clf.classifier_id, self.ed.editor_id,
+                                             [n.node_id for n in frontier], self.image_ids)
+            self.all_effects.update(effects)
+            kept = select_beam(frontier, effects, self.targets, opts.beam, opts.directions, opts.min_delta,
+                               opts.require_gain, parent_effects)
             for cls, nodes in kept.items():
                 stats.beam.setdefault(cls, []).extend(n.label for n in nodes)
             expand = {n.node_id for nodes in kept.values() for n in nodes}
             stats.depth_reached = level
             parent_effects = effects
-            frontier = [c for n in frontier if n.node_id in expand for c in tax.children(n.node_id)]
+            frontier = [c for n in frontier if n.node_id in expand for c in self.tax.children(n.node_id)]
             level += 1
-        stats.nodes_scored = len(scored_nodes)
+        stats.nodes_scored = len(self.scored_nodes)
 
-        # 5. joint step: the best combination of `joint` semantics per target class
-        if joint:
-            scored = [n for n in tax.nodes if n.node_id in scored_nodes]
-            top = joint_top or max(beam, 4)
-            plans = {
-                cls: joint_combinations(joint_candidates(scored, all_effects, cls, top, directions, min_delta), joint)
-                for cls in targets
-            }
-            # concepts in path order: the edit id ignores prompt order, so the pixels must too
-            combos = list(dict.fromkeys(tuple(sorted(c, key=lambda nd: nd[0].path)) for cs in plans.values() for c in cs))
-            stats.joint_combinations = len(combos)
-            joint_ids = count_edits([
-                EditRequest(image_id=i, concepts=tuple(Concept(n.prompt, d) for n, d in combo), seed=s,
-                            node_ids=tuple(n.node_id for n, _ in combo))
-                for combo in combos for i in image_ids for s in range(samples)
-            ])
-            score(joint_ids)
-            embed(joint_ids)
-            found = store.joint_effects_for(clf.classifier_id, ed.editor_id, image_ids)
-            for cls, cs in plans.items():
-                rows = [found[key] for c in cs if (key := (tuple(sorted((n.node_id, d) for n, d in c)), cls)) in found]
-                if rows:
-                    stats.best_joint[cls] = max(rows, key=lambda r: (abs(r["mean_delta_prob"]), r["nodes"]))
-        stats.seconds = round(time.perf_counter() - t0, 3)
-        store.mark_indexed(clf.classifier_id)  # only a finished run makes it the query default
-        store.finish_run(run_id, stats.to_dict())
-    finally:
-        if owns_store:
-            store.close()
-        run_lock.__exit__(None, None, None)
-    return stats
+    # 6. joint step: the best combination of `joint` semantics per target class
+    def joint_step(self) -> None:
+        opts, stats = self.opts, self.stats
+        scored = [n for n in self.tax.nodes if n.node_id in self.scored_nodes]
+        top = opts.joint_top or max(opts.beam, 4)
+        plans = {
+            cls: joint_combinations(joint_candidates(scored, self.all_effects, cls, top, opts.directions, opts.min_delta),
+                                    opts.joint)
+            for cls in self.targets
+        }
+        # concepts in path order: the edit id ignores prompt order, so the pixels must too
+        combos = list(dict.fromkeys(tuple(sorted(c, key=lambda nd: nd[0].path)) for cs in plans.values() for c in cs))
+        stats.joint_combinations = len(combos)
+        self._edit_score_embed([
+            EditRequest(image_id=i, concepts=tuple(Concept(n.prompt, d) for n, d in combo), seed=s,
+                        node_ids=tuple(n.node_id for n, _ in combo))
+            for combo in combos for i in self.image_ids for s in range(opts.samples)
+        ])
+        found = self.store.joint_effects_for(self.clf.classifier_id, self.ed.editor_id, self.image_ids)
+        for cls, cs in plans.items():
+            rows = [found[key] for c in cs if (key := (tuple(sorted((n.node_id, d) for n, d in c)), cls)) in found]
+            if rows:
+                stats.best_joint[cls] = max(rows, key=lambda r: (abs(r["mean_delta_prob"]), r["nodes"]))
+
+    # 7. only a finished run makes the classifier the query default
+    def finish(self) -> None:
+        self.stats.seconds = round(time.perf_counter() - self.t0, 3)
+        self.store.mark_indexed(self.clf.classifier_id)
+        self.store.finish_run(self.run_id, self.stats.to_dict())
+
+    # the unit every step repeats: edit (or reuse), score the edits, embed them and judge validity
+    def _edit_score_embed(self, reqs: list[EditRequest]) -> None:
+        store, stats, ed = self.store, self.stats, self.ed
+        counts = ensure_edits(store, ed, self.pictures, reqs, self.progress_bar)
+        stats.edits_computed += counts.computed
+        stats.edits_reused += counts.reused
+        stats.edits_blocked += counts.blocked
+        edit_ids = [r.edit_id(ed.editor_id) for r in reqs]
+        rows = store.edits_by_id(edit_ids)
+        loads = {eid: (lambda rel=rows[eid]["cache_path"]: store.cache.load(rel)) for eid in edit_ids}
+        stats.scores_computed += ensure_scores(store, self.clf, list(loads.items()), self.progress_bar)
+        if self.emb is not None:  # after scoring, before the beam looks at the effects
+            stats.embeddings_computed += ensure_embeddings(
+                store, self.emb, [(eid, "edit", load) for eid, load in loads.items()], self.progress_bar)
+            stats.edits_invalid += ensure_validity(store, self.emb, edit_ids, self.templates,
+                                                   self.opts.validity_threshold).invalid
+            # issue 13: what else each edit changed, against the taxonomy's leaves and top-level groups
+            ensure_side_effects(store, self.emb, edit_ids, self.tax.nodes, self.templates)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..registry import build
+from ..specs import build
 from .base import Classifier, score_images
 
 # prefix -> "module:factory"; the factory takes the text after "prefix:".

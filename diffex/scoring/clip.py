@@ -13,7 +13,8 @@ from PIL import Image
 
 from ..errors import DiffexError
 from ..hashing import hash_tensors
-from ..models import clean_config, flag, load_pretrained, name_list, resolve, split_spec
+from ..models import clean_config, load_pretrained, resolve
+from ..specs import flag, name_list, split_spec
 from .base import LoadedClassifier
 
 OPTIONS = {

@@ -11,7 +11,8 @@ from PIL import Image
 
 from ..errors import DiffexError
 from ..hashing import hash_tensors
-from ..models import clean_config, flag, load_pretrained, resolve, split_spec
+from ..models import clean_config, load_pretrained, resolve
+from ..specs import flag, split_spec
 from .base import LoadedClassifier
 
 OPTIONS = {

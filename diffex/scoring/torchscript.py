@@ -22,7 +22,8 @@ from PIL import Image
 
 from ..errors import DiffexError
 from ..hashing import hash_tensors
-from ..models import flag, float_list, name_list, split_spec, torch_load
+from ..models import torch_load
+from ..specs import flag, float_list, name_list, split_spec
 from .base import LoadedClassifier
 
 OPTIONS = {

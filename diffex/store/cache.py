@@ -3,12 +3,11 @@ named by the sha256 of their pixels, so a file can be checked and never goes sta
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 
+from ..atomic import atomic_path
 from ..hashing import hash_image
 
 
@@ -25,14 +24,8 @@ class ImageCache:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             # write-then-rename: a killed run never leaves a half-written file under the final name
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    rgb.save(fh, format="PNG")
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_path(path) as tmp:
+                rgb.save(tmp, format="PNG")
         return digest, rel
 
     def path(self, rel: str) -> Path:

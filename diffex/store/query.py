@@ -1,4 +1,5 @@
 """Read-only, bounded SQL over a store, in the manner of datasette's database layer.
+(One module of ~420 lines: the fences below only hold together, so they live side by side.)
 
 Two fences keep a query from doing anything but reading the database:
 1. DuckDB's own: the file opens read-only with external access off (no other file, no

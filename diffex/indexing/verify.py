@@ -45,8 +45,8 @@ from typing import Iterator
 from ..embedding import vectors
 from ..errors import DiffexError
 from ..hashing import hash_image
-from .locks import index_run_lock
-from .core import Store
+from ..store.locks import index_run_lock
+from ..store.core import Store
 
 EXAMPLES = 3  # ids or paths shown per check
 _PREFIX = re.compile(r"^[0-9a-f]{2}$")
@@ -252,7 +252,7 @@ def _unreferenced_check(root: Path, edits: list[dict], embedder_ids: set[str], r
 
 
 def _inversion_check(root: Path, image_ids: set[str], editor_ids: set[str], repair: bool) -> CheckResult:
-    from ..editing.ledits import INVERSIONS, inversion_key  # no diffusers import: key and layout only
+    from ..editing.ledits.spec import INVERSIONS, inversion_key  # no diffusers import: key and layout only
 
     folder = root / INVERSIONS
     files = [p for d in _prefix_dirs(folder) for p in _files(d)]

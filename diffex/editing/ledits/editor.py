@@ -1,120 +1,26 @@
-"""LEDITS++ editor backend (Stable Diffusion 1.x / 2.x, and SDXL as `ledits-xl:`).
+"""The LEDITS++ editor: loading the pipeline through diffex's policy, the inversion state it
+carries, and batches of images edited together (the package docstring tells the whole story)."""
 
-Why one file of ~700 lines: everything here serves one backend (spec, model identity, loading,
-the diffusers fixes it needs, batching, the inversion cache), and the fixes only make sense
-beside the calls they patch. Issue 11 moves it into `diffex/editing/ledits/` (spec, pipeline,
-inversion cache) with the other editors.
-
-SPEC: `ledits:MODEL_ID_OR_PATH[?key=value&...]`, e.g.
-`ledits:stable-diffusion-v1-5/stable-diffusion-v1-5?steps=50&guidance=10`.
-
-Options (defaults = the DiffEx reference code): size=512 (square input, multiple of 32),
-steps=50 (inversion steps), skip=0.1, guidance=10 (edit_guidance_scale), threshold=0.75
-(edit_threshold), dtype (float16 on cuda, else float32), device (cuda if available, else
-cpu), batch=1 (images inverted and edited together in one UNet batch; same edit, several
-images), safety=1 (keep the model's safety checker; 0 loads without it), revision (hub
-models), allow_pickle=1 (accept a component saved only as pickle, e.g.
-diffusion_pytorch_model.bin). Models load through diffex's loading policy (diffex/models.py):
-a local directory, or a hub id already in the local Hugging Face cache; nothing is
-downloaded. The editor id hashes the model (hub id + revision, or the bytes of a local
-directory's weight and config files) and every option that changes pixels; not device or
-batch, which change pixels only at the level of float rounding (see `edit_batch`).
-
-Invert once, edit many. LEDITS++ draws fresh noise while inverting (the edit itself is
-deterministic given the inversion: `__call__` passes the stored noise maps `zs` to the
-scheduler), so the sample seed is what seeds the *inversion*. One inversion per
-(image, editor, seed) is computed once, written to the content-addressed cache as
-safetensors + a small JSON (the scheduler state that must go with it) and restored for
-every later edit of that image and seed, in this run or any later one. A restored
-inversion gives edits bit-identical to a fresh `invert()` + edit (tests check this).
-
-The null-edit baseline costs no UNet evaluation: with the sde-dpmsolver++ scheduler
-LEDITS++ uses, the reconstruction `__call__(editing_prompt=None)` would compute ends in the
-data prediction of the inversion's own last step, which `invert()` leaves in the scheduler.
-It is kept with the inversion and only VAE-decoded (bit-identical to the pipeline's
-reconstruction; tested). Other schedulers fall back to running the pipeline.
-"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import re
-import sys
 import threading
 import time
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
-from urllib.parse import parse_qsl
 
 from PIL import Image
 
-from .. import models
-from ..errors import DiffexError
-from ..hashing import hash_files, hash_json
-from ..types import DIRECTIONS, Concept
-from .base import EditOutput, EditSession, Editor
-
-
-def _parse_bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(raw)
-
-
-# Option -> (parser, default). Defaults are the DiffEx reference code's settings;
-# device/dtype defaults depend on the machine and are resolved in `from_spec`.
-OPTIONS: dict[str, Any] = {
-    "size": int,
-    "steps": int,
-    "skip": float,
-    "guidance": float,
-    "threshold": float,
-    "device": str,
-    "dtype": str,
-    "batch": int,
-    "safety": _parse_bool,
-    "revision": str,
-    "allow_pickle": _parse_bool,
-}
-DEFAULTS: dict[str, Any] = {
-    "size": 512, "steps": 50, "skip": 0.1, "guidance": 10.0, "threshold": 0.75, "batch": 1, "safety": True,
-    "allow_pickle": False,
-}
-DTYPES = ("float16", "bfloat16", "float32")
-# The reconstruction (null edit) is taken from the inversion of this seed; samples 0..k-1
-# of the indexer share that inversion, so the baseline costs no extra inversion.
-RECONSTRUCT_SEED = 0
-# Inversions live in <cache>/inversions/ab/<inversion_key>.safetensors (+ .json sidecar).
-INVERSIONS = "inversions"
-
-
-def inversion_key(image_id: str, editor_id: str, seed: int) -> str:
-    """Cache key of one image's inversion by one editor for one seed (`diffex verify` checks
-    cached inversions against the store with it)."""
-    return hash_json({"image": image_id, "editor": editor_id, "seed": int(seed)})[:32]
-
-
-# Weight and config files whose bytes define a local model's identity.
-_IDENTITY_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
-
-
-def parse_spec(rest: str) -> tuple[str, dict[str, str]]:
-    """Split `MODEL[?k=v&...]` into the model and raw option strings; unknown keys raise."""
-    model, _, query = rest.partition("?")
-    if not model:
-        raise DiffexError("ledits: needs a model id or path, e.g. ledits:stable-diffusion-v1-5/stable-diffusion-v1-5")
-    options = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise DiffexError(f"unknown ledits option(s) {', '.join(unknown)}; valid options: {', '.join(OPTIONS)}")
-    return model, options
+from ... import models, specs
+from ...errors import DiffexError
+from ...types import DIRECTIONS, Concept
+from ..base import EditOutput, Editor
+from .patches import _jsonable, _per_image_attention, _stack, _tensor_equal, _use_ledits_scheduler
+from .session import LeditsSession, _reraise
+from .spec import DEFAULTS, DTYPES, OPTIONS, RECONSTRUCT_SEED, _hub_commit, _local_model_hash, parse_spec
 
 
 def from_spec(rest: str) -> "LeditsEditor":
@@ -123,23 +29,6 @@ def from_spec(rest: str) -> "LeditsEditor":
 
 def from_spec_xl(rest: str) -> "LeditsXLEditor":
     return LeditsXLEditor(*parse_spec(rest))
-
-
-def _hub_commit(model: str, revision: str) -> str | None:
-    """The commit `revision` of hub model `model` resolves to in the local Hugging Face cache
-    (a 40-hex revision is a commit already), or None when the cache does not have it."""
-    if re.fullmatch(r"[0-9a-f]{40}", revision):
-        return revision
-    snapshot = models.hub_snapshot(model, revision)  # .../models--org--name/snapshots/<commit>
-    return snapshot.name if snapshot is not None else None
-
-
-def _local_model_hash(path: Path) -> str:
-    """sha256 over the weight and config files of a saved pipeline (relative name + bytes)."""
-    files = [p for p in path.rglob("*") if p.is_file() and p.suffix in _IDENTITY_SUFFIXES]
-    if not any(p.suffix in (".safetensors", ".bin") for p in files):
-        raise DiffexError(f"{path} holds no .safetensors/.bin weights; expected a directory saved with save_pretrained")
-    return hash_files(path, files)
 
 
 class LeditsEditor(Editor):
@@ -162,12 +51,7 @@ class LeditsEditor(Editor):
     def __init__(self, model: str, options: dict[str, str] | None = None):
         options = dict(options or {})
         parsed: dict[str, Any] = dict(DEFAULTS)
-        for key, raw in options.items():
-            try:
-                parsed[key] = OPTIONS[key](raw)
-            except ValueError:
-                kind = "boolean (0/1)" if OPTIONS[key] is _parse_bool else OPTIONS[key].__name__
-                raise DiffexError(f"ledits option {key}={raw!r} is not a valid {kind}") from None
+        parsed.update(specs.typed("ledits", options, OPTIONS))
         if parsed["size"] <= 0 or parsed["size"] % 32:
             raise DiffexError(f"ledits option size={parsed['size']} must be a positive multiple of 32")
         if parsed["steps"] < 1:
@@ -497,205 +381,3 @@ class LeditsXLEditor(LeditsEditor):
             # diffusers 0.42.1's SDXL __call__ builds one image's time ids for the whole batch
             # (a shape error in the UNet), so only one image per call works.
             raise DiffexError("ledits-xl: batch must be 1 (diffusers' SDXL LEDITS++ pipeline edits one image per call)")
-
-
-def _stack(states: list[tuple[dict, dict]]) -> tuple[dict, dict]:
-    """Per-image inversions -> one batched inversion (images along the batch axis)."""
-    import torch
-
-    if len(states) == 1:
-        return states[0]
-    first_t, first_v = states[0]
-    for t, _ in states[1:]:
-        if not _tensor_equal(t["inversion_steps"], first_t["inversion_steps"]):
-            raise DiffexError("LEDITS++ inversions with different timesteps cannot be batched")
-    # Fresh inversions live on the pipeline's device, restored ones on the CPU: concatenate on
-    # the CPU (a few MB); apply_state moves the result to the device.
-    def cat(name: str, dim: int = 0):
-        return torch.cat([t[name].cpu() for t, _ in states], dim=dim)
-
-    tensors = {
-        "inversion_steps": first_t["inversion_steps"],
-        "scheduler_timesteps": first_t["scheduler_timesteps"],
-        "init_latents": cat("init_latents"),
-        "zs": cat("zs", dim=1),
-    }
-    if all("reconstruction" in t for t, _ in states):
-        tensors["reconstruction"] = cat("reconstruction")
-    return tensors, {**first_v, "batch_size": len(states)}
-
-
-class _PerImageAttentionStore:
-    """Replacement for diffusers' `LeditsAttentionStore.__call__` (0.42.1), which regroups the
-    attention rows with `split(batch_size)` as if they were image-major. They are
-    (prompt group, image, head)-major, so with several images each image's cross-attention
-    mask mixed other images' heads and the batched edits came out wrong (max pixel
-    difference 186 against one-at-a-time on the tiny test model). Identical for one image."""
-
-    def __call__(self, attn, is_cross: bool, place_in_unet: str, editing_prompts, PnP=False):
-        if attn.shape[1] <= self.max_size:
-            groups = 1 + int(PnP) + editing_prompts  # unconditional [, PnP], one per editing prompt
-            skip = 2 if PnP else 1
-            heads = attn.shape[0] // (groups * self.batch_size)
-            per_image = attn.reshape(groups, self.batch_size, heads, *attn.shape[1:]).transpose(0, 1)
-            per_image = per_image.reshape(self.batch_size, groups * heads, *attn.shape[1:])
-            self.forward(per_image[:, skip * heads :], is_cross, place_in_unet)
-
-
-@contextmanager
-def _per_image_attention(pipe, images: int):
-    """While several images are edited in one call, build the pipeline's attention store from
-    a class with the corrected `__call__` (the pipeline looks the class up in its module)."""
-    module = sys.modules[type(pipe).__module__]
-    original = getattr(module, "LeditsAttentionStore", None)
-    if images < 2 or original is None:
-        yield
-        return
-    module.LeditsAttentionStore = type("LeditsAttentionStore", (_PerImageAttentionStore, original), {})
-    try:
-        yield
-    finally:
-        module.LeditsAttentionStore = original
-
-
-def _use_ledits_scheduler(pipe) -> None:
-    """Give `pipe` the scheduler LEDITS++ inverts with: DPM-Solver++ SDE, order 2.
-
-    A checkpoint that ships another scheduler (SD 1.5 ships PNDM, SDXL Euler) is loaded by
-    diffusers 0.42.1 as a *deterministic* `dpmsolver++` DPMSolverMultistepScheduler, which the
-    pipeline's constructor then keeps, and `invert()` fails with a bare NotImplementedError.
-    (DDIM, the other scheduler it accepts, breaks `invert()` in this version; ENVIRONMENT.md.)
-    The swap is a function of the checkpoint's scheduler config, which the editor id hashes."""
-    from diffusers import DPMSolverMultistepScheduler
-
-    sched = pipe.scheduler
-    if (
-        isinstance(sched, DPMSolverMultistepScheduler)
-        and sched.config.algorithm_type == "sde-dpmsolver++"
-        and sched.config.solver_order == 2
-    ):
-        return
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(
-        sched.config, algorithm_type="sde-dpmsolver++", solver_order=2
-    )
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item"):
-        return value.item()
-    return value
-
-
-def _tensor_equal(a, b) -> bool:
-    import torch
-
-    return a.shape == b.shape and bool(torch.equal(a.cpu(), b.cpu()))
-
-
-class LeditsSession(EditSession):
-    """Edits of one image. `meta` records how the input was prepared (original size, resized)
-    and how many inversions were computed, restored and edits blocked."""
-
-    def __init__(self, editor: LeditsEditor, image: Image.Image, image_id: str, cache_dir: Path):
-        self.editor = editor
-        self.image_id = image_id
-        self.cache_dir = cache_dir
-        size = editor.options["size"]
-        original_mode = image.mode
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        resized = rgb.size != (size, size)
-        self.image = rgb.resize((size, size), Image.Resampling.BICUBIC) if resized else rgb.copy()
-        self.meta: dict[str, Any] = {
-            "original_width": image.width,
-            "original_height": image.height,
-            "original_mode": original_mode,
-            "resized": resized,
-            "size": size,
-            "inversions": 0,  # computed here
-            "restored": 0,  # loaded from the cache
-        }
-        self.token = uuid.uuid4().hex
-        self._inversions: dict[int, tuple[dict, dict]] = {}
-        self.seconds = 0.0
-
-    # ----- inversion cache -------------------------------------------------------------
-    def inversion_key(self, seed: int) -> str:
-        return inversion_key(self.image_id, self.editor.editor_id, seed)
-
-    def inversion_path(self, seed: int) -> Path:
-        key = self.inversion_key(seed)
-        return self.cache_dir / INVERSIONS / key[:2] / f"{key}.safetensors"
-
-    def cached_inversion(self, seed: int) -> tuple[dict, dict] | None:
-        """This image's inversion for `seed` from memory or the on-disk cache, else None."""
-        if seed not in self._inversions:
-            state = self._load_cached(self.inversion_path(seed), seed)
-            if state is None:
-                return None
-            self._inversions[seed] = state
-        return self._inversions[seed]
-
-    def keep_inversion(self, seed: int, state: tuple[dict, dict]) -> None:
-        """Remember a freshly computed inversion and write it to the cache."""
-        self._save(self.inversion_path(seed), seed, *state)
-        self._inversions[seed] = state
-
-    def _load_cached(self, path: Path, seed: int) -> tuple[dict, dict] | None:
-        side = path.with_suffix(".json")
-        if not (path.exists() and side.exists()):
-            return None
-        from safetensors.torch import load_file
-
-        try:
-            values = json.loads(side.read_text())
-            tensors = load_file(str(path))
-        except Exception:
-            return None  # a torn or foreign file: recompute and overwrite
-        required = {*self.editor.state_tensors, "scheduler_timesteps"}
-        if values.get("key") != self.inversion_key(seed) or not required <= set(tensors) <= required | {"reconstruction"}:
-            return None
-        self.meta["restored"] += 1
-        self.editor.counters["restores"] += 1
-        return tensors, values
-
-    def _save(self, path: Path, seed: int, tensors: dict, values: dict) -> None:
-        from safetensors.torch import save_file
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        side = path.with_suffix(".json")
-        record = {**values, "key": self.inversion_key(seed), "image_id": self.image_id,
-                  "editor_id": self.editor.editor_id, "seed": int(seed)}
-        # Write to temporary names and rename, so a crash never leaves a half file under the key.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-        save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp))
-        tmp_side = tmp.with_suffix(".json")
-        tmp_side.write_text(json.dumps(record, sort_keys=True))
-        os.replace(tmp_side, side)
-        os.replace(tmp, path)
-
-    # ----- edits -------------------------------------------------------------------------
-    def reconstruct(self) -> Image.Image:
-        """The null edit, from the inversion of RECONSTRUCT_SEED (shared with that sample's
-        edits), so the baseline carries exactly the inversion/VAE artefacts the edits do."""
-        return self.editor.edit_batch([self], (), RECONSTRUCT_SEED)[0].image
-
-    def edit(self, concepts: Sequence[Concept], seed: int) -> Image.Image:
-        if not concepts:
-            raise DiffexError("edit needs at least one concept (use reconstruct() for the null edit)")
-        return self.editor.edit_batch([self], tuple(concepts), seed)[0].image
-
-    def close(self) -> None:
-        self._inversions.clear()
-        if self.editor._active is not None and self.token in self.editor._active[0]:
-            self.editor._active = None
-
-
-def _reraise(editor: LeditsEditor, exc: BaseException) -> None:
-    """Turn a GPU out-of-memory error into a one-line DiffexError; re-raise anything else as is."""
-    import torch
-
-    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
-        raise editor._out_of_memory(exc) from None
-    raise exc
