@@ -204,7 +204,8 @@ CREATE TABLE effect_images (
     all_logit      DOUBLE,
     edits_fp       UBIGINT,
     n_clean        INTEGER DEFAULT 0,  -- v5: valid edits checked for side effects that had none
-    clean_prob     DOUBLE              -- v5: their mean change (NULL when none)
+    clean_prob     DOUBLE,             -- v5: their mean change (NULL when none)
+    side_corr      DOUBLE              -- v5: mean over valid edits of their side concepts' own effect here
 );
 
 -- Per (classifier, editor, node, direction, class): running sums over images of the
@@ -222,7 +223,8 @@ CREATE TABLE effect_nodes (
     a_sum_logit DOUBLE NOT NULL, a_up BIGINT NOT NULL, a_down BIGINT NOT NULL,
     n_invalid BIGINT NOT NULL,  -- one row per key, kept so by diffex/derived.py
     -- v5: the same sums over the images' clean means (effect_images.clean_prob)
-    c_images BIGINT DEFAULT 0, c_edits BIGINT DEFAULT 0, c_sum DOUBLE DEFAULT 0, c_sumsq DOUBLE DEFAULT 0
+    c_images BIGINT DEFAULT 0, c_edits BIGINT DEFAULT 0, c_sum DOUBLE DEFAULT 0, c_sumsq DOUBLE DEFAULT 0,
+    s_corr DOUBLE DEFAULT 0   -- v5: sum of effect_images.side_corr over the images with a valid effect
 );
 
 -- v5: per (editor, node, direction, image) how many valid edits were checked for side
@@ -244,6 +246,16 @@ CREATE TABLE side_effect_nodes (
     side_key   INTEGER NOT NULL,
     n_edits    BIGINT NOT NULL,
     n_images   BIGINT NOT NULL
+);
+-- v5: per (editor, node, direction) with checked edits, its most frequent side concept (ties:
+-- the deeper node, then the label; NULL when none), so the effect views join one small table.
+CREATE TABLE confound_nodes (
+    editor_key INTEGER NOT NULL,
+    node_key   INTEGER NOT NULL,
+    direction  VARCHAR NOT NULL,
+    n_checked  BIGINT NOT NULL,
+    side_label VARCHAR,
+    n_side     BIGINT NOT NULL
 );
 
 -- Per (classifier A, classifier B, editor, node, direction, class of A, same-named class of B):

@@ -87,14 +87,16 @@ WITH wanted AS (
     WHERE ev.edit_id IN (SELECT edit_id FROM e)
     GROUP BY ev.edit_id
 ), se AS (
-    -- edits with a side effect (v5), by the embedder whose verdict counts
-    SELECT DISTINCT embedder_id, edit_key FROM edit_side_effects
+    -- the side concepts of each edit (v5), by the embedder whose verdict counts
+    SELECT embedder_id, edit_key, list(node_key ORDER BY node_key) AS sides FROM edit_side_effects
     WHERE edit_key BETWEEN (SELECT min(edit_key) FROM e) AND (SELECT max(edit_key) FROM e)
+    GROUP BY ALL
 )
 SELECT s.classifier_key, e.editor_key, l.node_key, e.direction, e.image_key, e.edit_key, e.edit_id, e.seed,
        coalesce(v.valid, TRUE) AS valid, v.direction_sim,
        -- clean: checked for side effects and none found (NULL: never checked)
        CASE WHEN v.side_fp IS NOT NULL THEN se.edit_key IS NULL END AS clean,
+       CASE WHEN v.side_fp IS NOT NULL THEN coalesce(se.sides, []::INTEGER[]) END AS sides,
        unnest(range(len(s.probs)))::INTEGER AS class_index,
        unnest(bs.probs)::DOUBLE AS prob_baseline, unnest(s.probs)::DOUBLE AS prob_edit,
        unnest(bs.logits)::DOUBLE AS logit_baseline, unnest(s.logits)::DOUBLE AS logit_edit
@@ -114,19 +116,36 @@ LEFT JOIN se ON se.edit_key = e.edit_key AND se.embedder_id = v.embedder_id;
 -- Per (classifier, editor, node, direction, image, class), recomputed: what the table
 -- effect_images must hold (Store.refresh_effects writes it, `diffex verify` compares).
 CREATE OR REPLACE MACRO effect_images_for(image_keys) AS TABLE
-SELECT classifier_key, editor_key, node_key, direction, image_key, class_index,
-       any_value(prob_baseline) AS prob_baseline,
-       (count(*) FILTER (WHERE valid))::INTEGER AS n_valid,
-       count(*)::INTEGER AS n_all,
-       avg(prob_edit - prob_baseline) FILTER (WHERE valid) AS valid_prob,
-       avg(logit_edit - logit_baseline) FILTER (WHERE valid) AS valid_logit,
-       avg(prob_edit - prob_baseline) AS all_prob,
-       avg(logit_edit - logit_baseline) AS all_logit,
-       bit_xor(hash(edit_key)) FILTER (WHERE valid) AS edits_fp,
-       (count(*) FILTER (WHERE valid AND clean))::INTEGER AS n_clean,
-       avg(prob_edit - prob_baseline) FILTER (WHERE valid AND clean) AS clean_prob
-FROM edit_class_deltas_for(image_keys)
-GROUP BY classifier_key, editor_key, node_key, direction, image_key, class_index;
+WITH d AS MATERIALIZED (
+    SELECT * FROM edit_class_deltas_for(image_keys)
+), g AS (
+    SELECT classifier_key, editor_key, node_key, direction, image_key, class_index,
+           any_value(prob_baseline) AS prob_baseline,
+           (count(*) FILTER (WHERE valid))::INTEGER AS n_valid,
+           count(*)::INTEGER AS n_all,
+           avg(prob_edit - prob_baseline) FILTER (WHERE valid) AS valid_prob,
+           avg(logit_edit - logit_baseline) FILTER (WHERE valid) AS valid_logit,
+           avg(prob_edit - prob_baseline) AS all_prob,
+           avg(logit_edit - logit_baseline) AS all_logit,
+           bit_xor(hash(edit_key)) FILTER (WHERE valid) AS edits_fp,
+           (count(*) FILTER (WHERE valid AND clean))::INTEGER AS n_clean,
+           avg(prob_edit - prob_baseline) FILTER (WHERE valid AND clean) AS clean_prob
+    FROM d
+    GROUP BY classifier_key, editor_key, node_key, direction, image_key, class_index
+), charged AS (
+    -- v5: each valid edit with side effects is charged its side concepts' own effect on the
+    -- same image (0 where that concept was not edited there); side_corr is the mean charge
+    SELECT x.classifier_key, x.editor_key, x.node_key, x.direction, x.image_key, x.class_index,
+           sum(coalesce(o.valid_prob, 0)) AS charge
+    FROM (SELECT *, unnest(sides) AS side_key FROM d WHERE valid AND len(sides) > 0) x
+    LEFT JOIN g o ON o.classifier_key = x.classifier_key AND o.editor_key = x.editor_key AND o.node_key = x.side_key
+                 AND o.direction = x.direction AND o.image_key = x.image_key AND o.class_index = x.class_index
+    GROUP BY ALL
+)
+SELECT g.*, CASE WHEN g.n_valid > 0 THEN coalesce(c.charge, 0) / g.n_valid END AS side_corr
+FROM g
+LEFT JOIN charged c ON c.classifier_key = g.classifier_key AND c.editor_key = g.editor_key AND c.node_key = g.node_key
+                   AND c.direction = g.direction AND c.image_key = g.image_key AND c.class_index = g.class_index;
 
 -- Per (editor, node, direction, image), recomputed (v5): what side_effect_images must hold.
 -- Counts the valid single edits checked for side effects (side_key 0) and, per side concept
@@ -218,7 +237,7 @@ WITH p AS (
            CASE WHEN include_invalid THEN a_sum_logit ELSE v_sum_logit END AS s1_logit,
            CASE WHEN include_invalid THEN a_up ELSE v_up END AS n_up,
            CASE WHEN include_invalid THEN a_down ELSE v_down END AS n_down,
-           v_images, v_sum, c_images, c_edits, c_sum, c_sumsq
+           v_images, v_sum, c_images, c_edits, c_sum, c_sumsq, s_corr
     FROM effect_nodes
     WHERE a_images > 0
 ), m AS (
@@ -230,33 +249,6 @@ WITH p AS (
            CASE WHEN c_images > 0 THEN c_sum / c_images END AS clean_mean,
            CASE WHEN c_images > 1 THEN sqrt(greatest(0, (c_sumsq - c_sum * c_sum / c_images) / (c_images - 1))) END AS clean_sd
     FROM p
-), confound AS (
-    -- v5: the side concept most often co-introduced (ties: the deeper node, then the label)
-    SELECT c.editor_key, c.node_key, c.direction, c.n_edits AS n_checked, t.side_label,
-           coalesce(t.n_edits, 0) / c.n_edits AS share
-    FROM side_effect_nodes c
-    LEFT JOIN (SELECT s.editor_key, s.node_key, s.direction, sn.label AS side_label, s.n_edits,
-                      row_number() OVER (PARTITION BY s.editor_key, s.node_key, s.direction
-                                         ORDER BY s.n_edits DESC, sn.depth DESC, sn.label) AS r
-               FROM side_effect_nodes s JOIN nodes sn ON sn.node_key = s.side_key
-               WHERE s.side_key <> 0) t
-           ON t.editor_key = c.editor_key AND t.node_key = c.node_key AND t.direction = c.direction AND t.r = 1
-    WHERE c.side_key = 0 AND c.n_edits > 0
-), corr AS (
-    -- v5: what the side concepts themselves do, per image: each edit with a side effect is
-    -- charged the side concept's own effect on that image (else its mean over images)
-    SELECT xn.classifier_key, xn.editor_key, xn.node_key, xn.direction, xn.class_index,
-           sum(s.n_edits / xn.n_valid * coalesce(xs.valid_prob, ns.v_sum / nullif(ns.v_images, 0), 0)) AS s_corr
-    FROM side_effect_images s
-    JOIN effect_images xn ON xn.editor_key = s.editor_key AND xn.node_key = s.node_key
-                         AND xn.direction = s.direction AND xn.image_key = s.image_key AND xn.n_valid > 0
-    LEFT JOIN effect_images xs ON xs.classifier_key = xn.classifier_key AND xs.editor_key = s.editor_key
-                              AND xs.node_key = s.side_key AND xs.direction = s.direction
-                              AND xs.image_key = s.image_key AND xs.class_index = xn.class_index
-    LEFT JOIN effect_nodes ns ON ns.classifier_key = xn.classifier_key AND ns.editor_key = s.editor_key
-                             AND ns.node_key = s.side_key AND ns.direction = s.direction AND ns.class_index = xn.class_index
-    WHERE s.side_key <> 0
-    GROUP BY ALL
 )
 SELECT k.classifier_id, classifier_label(k.spec, k.name, k.classifier_id) AS classifier_name, c.class_name, ed.editor_id,
        n.node_id, n.label AS node, n.path, parent.label AS parent, n.depth, m.direction,
@@ -272,17 +264,15 @@ SELECT k.classifier_id, classifier_label(k.spec, k.name, k.classifier_id) AS cla
        -- v5 (issue 13): side effects. confounded_with names the side concept of at least
        -- confound_floor() of the node's checked edits; clean_*: over the edits with no side
        -- effect; adjusted: the valid effect less what its side concepts do on their own.
-       CASE WHEN cf.share >= confound_floor() THEN cf.side_label END AS confounded_with,
-       cf.share AS confound_share,
+       CASE WHEN cf.n_side >= confound_floor() * cf.n_checked THEN cf.side_label END AS confounded_with,
+       cf.n_side / cf.n_checked AS confound_share,
        m.clean_mean AS clean_delta_prob,
        clip(m.clean_mean - t975(m.c_images - 1) * coalesce(m.clean_sd, 0) / sqrt(m.c_images), -1.0, 1.0) AS clean_ci_low,
        clip(m.clean_mean + t975(m.c_images - 1) * coalesce(m.clean_sd, 0) / sqrt(m.c_images), -1.0, 1.0) AS clean_ci_high,
        m.c_images AS clean_n_images, m.c_edits AS clean_n_edits,
-       CASE WHEN m.v_images > 0 THEN (m.v_sum - coalesce(co.s_corr, 0)) / m.v_images END AS adjusted_delta_prob
+       CASE WHEN m.v_images > 0 THEN (m.v_sum - m.s_corr) / m.v_images END AS adjusted_delta_prob
 FROM m
-LEFT JOIN confound cf ON cf.editor_key = m.editor_key AND cf.node_key = m.node_key AND cf.direction = m.direction
-LEFT JOIN corr co ON co.classifier_key = m.classifier_key AND co.editor_key = m.editor_key AND co.node_key = m.node_key
-                 AND co.direction = m.direction AND co.class_index = m.class_index
+LEFT JOIN confound_nodes cf ON cf.editor_key = m.editor_key AND cf.node_key = m.node_key AND cf.direction = m.direction
 JOIN classifiers k ON k.classifier_key = m.classifier_key
 JOIN classes c ON c.classifier_id = k.classifier_id AND c.class_index = m.class_index
 JOIN editors ed ON ed.editor_key = m.editor_key
@@ -430,38 +420,27 @@ WITH args AS (
     JOIN classes c ON c.classifier_id = k.classifier_id AND c.class_name = checked_class(target_class, classifier),
     pick_image(image) pi
 ), side AS (
-    -- v5: this image's side effects per node: the most frequent side concept and the
-    -- effect it would carry on its own (the correction of adjusted_delta_prob)
-    SELECT s.editor_key, s.node_key, s.direction, s.side_key, s.n_edits, sn.label AS side_label, sn.depth,
-           xs.valid_prob AS side_prob
+    -- v5: this image's side effects per node: checked edits (side_key 0) and the most frequent side concept
+    SELECT s.editor_key, s.node_key,
+           max(s.n_edits) FILTER (WHERE s.side_key = 0) AS n_checked,
+           arg_min(sn.label, (-s.n_edits, -sn.depth, sn.label)) FILTER (WHERE s.side_key <> 0) AS side_label,
+           max(s.n_edits) FILTER (WHERE s.side_key <> 0) AS n_top
     FROM side_effect_images s JOIN args ON s.image_key = args.want_image AND s.direction = args.want_direction
-    JOIN nodes sn ON sn.node_key = s.side_key
-    LEFT JOIN effect_images xs ON xs.classifier_key = args.want_classifier AND xs.editor_key = s.editor_key
-                              AND xs.node_key = s.side_key AND xs.direction = s.direction
-                              AND xs.image_key = s.image_key AND xs.class_index = args.want_class
-    WHERE s.side_key <> 0
-), per_node AS (
-    SELECT s.editor_key, s.node_key, arg_max(s.side_label, (s.n_edits, s.depth)) AS side_label, max(s.n_edits) AS n_top,
-           sum(s.n_edits * coalesce(s.side_prob, 0)) AS s_corr
-    FROM side s GROUP BY ALL
-), checked AS (
-    SELECT s.editor_key, s.node_key, s.n_edits AS n_checked
-    FROM side_effect_images s JOIN args ON s.image_key = args.want_image AND s.direction = args.want_direction
-    WHERE s.side_key = 0
+    LEFT JOIN nodes sn ON sn.node_key = s.side_key
+    GROUP BY ALL
 )
 SELECT row_number() OVER (ORDER BY abs(x.valid_prob) DESC, n.path) AS rank,
        n.label AS node, n.path, round(x.prob_baseline, 4) AS prob_baseline,
        round(x.valid_prob, 4) AS mean_delta_prob, x.n_valid::BIGINT AS n_edits, i.image_id, i.uri,
-       CASE WHEN pn.n_top / c.n_checked >= confound_floor() THEN pn.side_label END AS confounded_with,
-       round(coalesce(pn.n_top, 0) / c.n_checked, 3) AS confound_share,
+       CASE WHEN sd.n_top >= confound_floor() * sd.n_checked THEN sd.side_label END AS confounded_with,
+       round(coalesce(sd.n_top, 0) / sd.n_checked, 3) AS confound_share,
        round(x.clean_prob, 4) AS clean_delta_prob, x.n_clean::BIGINT AS clean_n_edits,
-       round(x.valid_prob - coalesce(pn.s_corr, 0) / nullif(x.n_valid, 0), 4) AS adjusted_delta_prob
+       round(x.valid_prob - x.side_corr, 4) AS adjusted_delta_prob
 FROM effect_images x
 JOIN args ON x.classifier_key = args.want_classifier
 JOIN nodes n ON n.node_key = x.node_key
 JOIN images i ON i.image_key = x.image_key
-LEFT JOIN checked c ON c.editor_key = x.editor_key AND c.node_key = x.node_key
-LEFT JOIN per_node pn ON pn.editor_key = x.editor_key AND pn.node_key = x.node_key
+LEFT JOIN side sd ON sd.editor_key = x.editor_key AND sd.node_key = x.node_key
 WHERE x.image_key = args.want_image
   AND x.class_index = args.want_class AND x.direction = args.want_direction
 ORDER BY rank;

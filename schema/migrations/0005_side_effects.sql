@@ -15,10 +15,12 @@ CREATE TABLE edit_side_effects (
 ALTER TABLE edit_validity ADD COLUMN side_fp VARCHAR;
 ALTER TABLE effect_images ADD COLUMN n_clean INTEGER DEFAULT 0;
 ALTER TABLE effect_images ADD COLUMN clean_prob DOUBLE;
+ALTER TABLE effect_images ADD COLUMN side_corr DOUBLE;
 ALTER TABLE effect_nodes ADD COLUMN c_images BIGINT DEFAULT 0;
 ALTER TABLE effect_nodes ADD COLUMN c_edits BIGINT DEFAULT 0;
 ALTER TABLE effect_nodes ADD COLUMN c_sum DOUBLE DEFAULT 0;
 ALTER TABLE effect_nodes ADD COLUMN c_sumsq DOUBLE DEFAULT 0;
+ALTER TABLE effect_nodes ADD COLUMN s_corr DOUBLE DEFAULT 0;
 CREATE TABLE side_effect_images (
     editor_key INTEGER NOT NULL,
     node_key   INTEGER NOT NULL,
@@ -34,5 +36,13 @@ CREATE TABLE side_effect_nodes (
     side_key   INTEGER NOT NULL,
     n_edits    BIGINT NOT NULL,
     n_images   BIGINT NOT NULL
+);
+CREATE TABLE confound_nodes (
+    editor_key INTEGER NOT NULL,
+    node_key   INTEGER NOT NULL,
+    direction  VARCHAR NOT NULL,
+    n_checked  BIGINT NOT NULL,
+    side_label VARCHAR,
+    n_side     BIGINT NOT NULL
 );
 UPDATE diffex_schema SET version = 5;
