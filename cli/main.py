@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import warnings
+from pathlib import Path
 
 import click
 
@@ -146,6 +147,7 @@ def demo(db, n_images, classifier, samples, editor, as_json) -> None:
     click.echo("(n_invalid: edits the demo CLIP judged not to show the concept, left out of the effect)")
     click.echo(f"Ask more: diffex query --db {result['db']} \"SELECT * FROM top_subtypes('{result['class']}', 10)\"")
     click.echo(f"          diffex search --db {result['db']} \"a face with a goatee\" --class {result['class']} --k 5")
+    click.echo(f"Report: file://{Path(result['report']).resolve()}  ({result['report_bytes'] / 1e6:.2f} MB, open it in a browser)")
 
 
 @cli.command()
@@ -155,7 +157,8 @@ def demo(db, n_images, classifier, samples, editor, as_json) -> None:
 @click.option("--taxonomy", type=click.Path(), required=True, help="Semantic hierarchy: .json, .yaml/.yml, or an indented .txt/.md outline.")
 @click.option("--classifier", required=True, help="Classifier SPEC: demo:v1, demo:v2, python:PATH_OR_MODULE:ATTR, hf:MODEL_ID_OR_PATH, "
                    "torchscript:PATH?class_names=a,b&size=224&mean=...&std=..., clip:MODEL_ID_OR_PATH?labels=a,b")
-@click.option("--editor", default=None, help="Editor SPEC: demo, ledits:MODEL_ID_OR_PATH[?opts], ... (default: demo, which edits only demo-world images).")
+@click.option("--editor", default=None, help="Editor SPEC: demo, ledits:MODEL_ID_OR_PATH[?opts], ip2p:MODEL_ID_OR_PATH[?opts], "
+              "python:PATH_OR_MODULE:ATTR, ... (default: demo, which edits only demo-world images).")
 @click.option("--beam", type=int, default=8, show_default=True, help="Nodes kept per class at each level; 0 expands the whole tree.")
 @click.option("--samples", type=int, default=4, show_default=True, help="Edit seeds per (image, node).")
 @click.option("--depth", type=int, default=None, help="Deepest level to score (default: all).")
@@ -173,9 +176,15 @@ def demo(db, n_images, classifier, samples, editor, as_json) -> None:
               help="After the walk, edit combinations of N semantics together (0 = off, 2-5) and report the best per class.")
 @click.option("--joint-top", type=int, default=None,
               help="Combine among the top M single nodes per class (default: max(beam, 4)).")
+@click.option("--ray", "ray", default=None, is_flag=False, flag_value="local", metavar="[ADDRESS|local]",
+              help="Run the edit, classify and embed work on Ray actors (pip install 'diffex[ray]'): `local` (the "
+                   "default value) starts Ray on this machine, else a cluster address; this process alone writes DB.")
+@click.option("--ray-actors", type=int, default=None, help="Ray actors (default: one per GPU, else one per CPU).")
+@click.option("--ray-gpus-per-actor", type=float, default=None, help="GPUs per Ray actor (default 1 when there are GPUs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's counts as one JSON object.")
 def index(db, image_specs, more_images, taxonomy, classifier, editor, beam, samples, depth, min_delta, classes,
-          directions, require_gain, cache_dir, embedder, validity_threshold, joint, joint_top, as_json) -> None:
+          directions, require_gain, cache_dir, embedder, validity_threshold, joint, joint_top, ray, ray_actors,
+          ray_gpus_per_actor, as_json) -> None:
     """Edit, score and store: fill DB with what every semantic does to the classifier."""
     from diffex.indexing.indexer import run_index
 
@@ -187,6 +196,7 @@ def index(db, image_specs, more_images, taxonomy, classifier, editor, beam, samp
                       min_delta=min_delta, classes=classes or None, directions=directions,
                       require_gain=require_gain, cache_dir=cache_dir, embedder=embedder,
                       validity_threshold=validity_threshold, joint=joint, joint_top=joint_top,
+                      ray=ray, ray_actors=ray_actors, ray_gpus_per_actor=ray_gpus_per_actor,
                       progress=not as_json and sys.stderr.isatty())
     if as_json:
         _print_json(stats.to_dict())
@@ -197,6 +207,9 @@ def index(db, image_specs, more_images, taxonomy, classifier, editor, beam, samp
         if stats.edits_blocked:
             click.echo(f"{stats.edits_blocked} edits blanked by the model's safety checker: stored as 'blocked' and "
                        "left out of every effect (the editor option safety=0 loads the model without it)")
+        if stats.edits_failed:
+            click.echo(f"{stats.edits_failed} edits of {len(stats.failures)} image groups failed (stored as 'failed', "
+                       "left out of every effect); the same command retries them")
         for cls, best in stats.best_joint.items():
             click.echo(f"best joint for {cls}: {' + '.join(best['nodes'])}  mean delta P {best['mean_delta_prob']:+.4f}"
                        f" (sum of singles {best['sum_single_delta_prob'] or 0:+.4f})")
@@ -384,6 +397,11 @@ cli.add_command(taxonomy)
 from .compare_cmd import compare  # noqa: E402 (one command in its own file)
 
 cli.add_command(compare)
+
+from .report_cmds import check, report  # noqa: E402 (issue 14: the HTML report and the CI policy gate)
+
+cli.add_command(report)
+cli.add_command(check)
 
 
 if __name__ == "__main__":

@@ -830,3 +830,79 @@ FROM adjusted a
 JOIN nodes n ON n.node_id = a.node_id
 LEFT JOIN nodes parent ON parent.node_id = n.parent_id, args
 ORDER BY significant DESC, abs(a.mean_diff) DESC, n.path;
+
+-- ------------------------------------------------------------------ report and policy checks (issue 14)
+-- Read by diffex/report/ (`diffex report`) and diffex/analysis/policy.py (`diffex check`)
+-- through Store.report_* methods. They only read; nothing here is recomputed from scores.
+
+-- Per (node, editor, direction): single edits by status, so a report can say how many edits
+-- were blocked by a safety checker or failed (never averaged into an effect).
+CREATE OR REPLACE VIEW node_edit_status AS
+SELECT n.node_id, ed.editor_id, e.direction,
+       count(*) AS n_edits_all,
+       count(*) FILTER (WHERE e.status = 'blocked') AS n_blocked,
+       count(*) FILTER (WHERE e.status = 'failed') AS n_failed
+FROM edits e
+JOIN edit_links l ON l.edit_key = e.edit_key
+JOIN nodes n ON n.node_key = l.node_key
+JOIN editors ed ON ed.editor_key = e.editor_key
+WHERE e.kind = 'single'
+GROUP BY ALL;
+
+-- Every image with its original's and its null-edit baseline's P(class) under one classifier,
+-- the baseline's cached file (per editor), and its strongest per-node effect (|mean delta P|
+-- of valid edits in `edit_direction`), so a report can show the most affected images first.
+CREATE OR REPLACE MACRO report_images(target_class, classifier := NULL, edit_direction := 'add') AS TABLE
+WITH args AS (
+    SELECT k.classifier_key AS want_key, c.class_index AS want_index
+    FROM pick_classifier(classifier) pc
+    JOIN classifiers k ON k.classifier_id = pc.classifier_id
+    JOIN classes c ON c.classifier_id = k.classifier_id AND c.class_name = checked_class(target_class, classifier)
+), strongest AS (
+    SELECT x.image_key, x.editor_key, max(abs(x.valid_prob)) AS strongest_effect
+    FROM effect_images x, args
+    WHERE x.classifier_key = args.want_key AND x.class_index = args.want_index AND x.direction = edit_direction
+    GROUP BY ALL
+)
+SELECT i.image_id, i.uri, i.width, i.height, ed.editor_id,
+       b.cache_path AS baseline_path, b.status AS baseline_status,
+       so.probs[args.want_index + 1] AS prob_original,     -- lists are 1-based, class_index 0-based
+       sb.probs[args.want_index + 1] AS prob_baseline,
+       st.strongest_effect
+FROM images i CROSS JOIN args
+LEFT JOIN edits b ON b.image_key = i.image_key AND b.kind = 'baseline'
+LEFT JOIN editors ed ON ed.editor_key = b.editor_key
+LEFT JOIN item_scores so ON so.item_key = i.image_key AND so.classifier_key = args.want_key
+LEFT JOIN item_scores sb ON sb.item_key = b.edit_key AND sb.classifier_key = args.want_key
+LEFT JOIN strongest st ON st.image_key = i.image_key AND st.editor_key = b.editor_key
+ORDER BY st.strongest_effect DESC NULLS LAST, i.uri;
+
+-- Every single edit of the given nodes on the given images (lists of ids), whatever its
+-- status ('ok' | 'failed' | 'blocked'), with its cached file, its validity verdict and P(class)
+-- of the edit under one classifier (NULL where it has no pixels or was not scored).
+CREATE OR REPLACE MACRO report_edits(target_class, node_ids, image_ids, classifier := NULL) AS TABLE
+WITH args AS (
+    SELECT k.classifier_key AS want_key, c.class_index AS want_index
+    FROM pick_classifier(classifier) pc
+    JOIN classifiers k ON k.classifier_id = pc.classifier_id
+    JOIN classes c ON c.classifier_id = k.classifier_id AND c.class_name = checked_class(target_class, classifier)
+), e AS (
+    SELECT x.edit_key, x.edit_id, x.image_id, x.editor_id, x.direction, x.seed, x.status, x.cache_path
+    FROM edits x
+    WHERE x.kind = 'single' AND x.image_id IN (SELECT unnest(image_ids))
+), v AS (
+    SELECT ev.edit_id, arg_max(ev.valid, m.created_at) AS valid, arg_max(ev.direction_sim, m.created_at) AS direction_sim
+    FROM edit_validity ev JOIN embedders m ON m.embedder_id = ev.embedder_id
+    WHERE ev.edit_id IN (SELECT edit_id FROM e)
+    GROUP BY ev.edit_id
+)
+SELECT n.node_id, e.image_id, e.editor_id, e.edit_id, e.direction, e.seed, e.status, e.cache_path,
+       coalesce(v.valid, TRUE) AS valid, v.direction_sim,
+       s.probs[args.want_index + 1] AS prob_edit
+FROM e CROSS JOIN args
+JOIN edit_links l ON l.edit_key = e.edit_key
+JOIN nodes n ON n.node_key = l.node_key
+LEFT JOIN item_scores s ON s.item_key = e.edit_key AND s.classifier_key = args.want_key
+LEFT JOIN v ON v.edit_id = e.edit_id
+WHERE n.node_id IN (SELECT unnest(node_ids))
+ORDER BY n.node_id, e.image_id, e.direction, e.seed;

@@ -114,3 +114,22 @@ def cli_run():
         return CliRunner().invoke(cli, [str(a) for a in args], input=input, prog_name="diffex")
 
     return run
+
+
+@pytest.fixture(scope="session")
+def demo_v1_v2(tmp_path_factory):
+    """Issue 14: a small demo store indexed with demo:v1 by `diffex demo` (which writes its
+    report), then with demo:v2 by `diffex check --images --taxonomy` (the incremental path: only
+    v2's forward passes over the cached edits). Shared by test_report.py and test_check.py."""
+    from diffex.cli.main import cli
+
+    tmp = tmp_path_factory.mktemp("demo-v1-v2")
+    db = tmp / "demo.duckdb"
+    run = lambda *a: CliRunner().invoke(cli, [str(x) for x in a], prog_name="diffex")  # noqa: E731
+    demo = run("demo", "--db", db, "--images", "8", "--samples", "1")
+    assert demo.exit_code == 0, demo.output
+    policy = tmp / "policy.toml"
+    policy.write_text('[[rule]]\nnode = "top hat"\nclass = "old"\nmax_abs_effect = 0.1\n')
+    check = run("check", "--db", db, "--classifier", "demo:v2", "--policy", policy,
+                "--images", tmp / "demo-images", "--taxonomy", tmp / "demo-taxonomy.json")
+    return {"db": db, "tmp": tmp, "demo": demo, "check_v2": check, "policy": policy}

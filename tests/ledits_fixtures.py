@@ -1,4 +1,5 @@
-"""A tiny random-weight Stable Diffusion 1.x pipeline saved to disk, for offline LEDITS++ tests.
+"""Tiny random-weight Stable Diffusion 1.x pipelines saved to disk, for offline LEDITS++ and
+InstructPix2Pix tests.
 
 Recipe from docs/ENVIRONMENT.md: own byte-level BPE tokenizer, a 2-layer CLIP text encoder,
 a three-level UNet (two levels break LEDITS++'s attention aggregation), a 2-level VAE and the
@@ -8,6 +9,21 @@ sde-dpmsolver++ scheduler (DDIM breaks `invert()` with diffusers 0.42).
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine oversubscribed
+    torch threads make each UNet call ~10x slower; restored afterwards. Autouse in every test
+    module that imports it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 # Words the tiny tokenizer encodes as single tokens; anything else falls back to bytes.
 WORDS = ("a", "photo", "of", "person", "beard", "hat", "glasses", "smile", "red", "blue", "dog", "cat")
@@ -104,17 +120,11 @@ def build_safety_checker(flag_everything: bool):
     return checker, processor
 
 
-def build_tiny_sd(directory: "str | Path", seed: int = 0, safety_checker: "str | None" = None) -> Path:
-    """Build and `save_pretrained` a tiny seeded SD pipeline into `directory`; returns that path.
-    `safety_checker="flag-all"` adds a real safety checker that blanks every output."""
-    import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+def build_text_encoder(tokenizer):
+    """A 2-layer CLIP text encoder (hidden size 32) for `tokenizer`; seed torch first."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    directory = Path(directory)
-    tokenizer = build_tokenizer()
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
+    return CLIPTextModel(
         CLIPTextConfig(
             hidden_size=32,
             intermediate_size=37,
@@ -129,6 +139,18 @@ def build_tiny_sd(directory: "str | Path", seed: int = 0, safety_checker: "str |
             projection_dim=32,
         )
     )
+
+
+def build_tiny_sd(directory: "str | Path", seed: int = 0, safety_checker: "str | None" = None) -> Path:
+    """Build and `save_pretrained` a tiny seeded SD pipeline into `directory`; returns that path.
+    `safety_checker="flag-all"` adds a real safety checker that blanks every output."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    directory = Path(directory)
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = build_text_encoder(tokenizer)
     unet = UNet2DConditionModel(**UNET_LEVELS, cross_attention_dim=32)
     vae, scheduler = _tiny_vae_and_scheduler()
     checker, processor = build_safety_checker(True) if safety_checker == "flag-all" else (None, None)
@@ -177,6 +199,29 @@ def build_tiny_sdxl(directory: "str | Path", seed: int = 0) -> Path:
     pipe = StableDiffusionXLPipeline(
         vae=vae, text_encoder=CLIPTextModel(text_config()), text_encoder_2=CLIPTextModelWithProjection(text_config()),
         tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, add_watermarker=False,
+    )
+    pipe.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_ip2p(directory: "str | Path", seed: int = 0) -> Path:
+    """A tiny seeded InstructPix2Pix pipeline saved to `directory`, for the `ip2p:` editor: the
+    same tokenizer, text encoder and VAE as `build_tiny_sd`, a UNet taking 8 input channels
+    (noisy latents + the input image's latents) and the ancestral Euler scheduler the
+    InstructPix2Pix checkpoint ships."""
+    import torch
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+
+    directory = Path(directory)
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = build_text_encoder(tokenizer)
+    unet = UNet2DConditionModel(**{**UNET_LEVELS, "in_channels": 8}, cross_attention_dim=32)
+    vae, _ = _tiny_vae_and_scheduler()
+    scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(directory)
     return directory

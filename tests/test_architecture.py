@@ -18,7 +18,7 @@ REPO = PACKAGE.parent
 # Lowest first; a module may import its own layer and the layers below, never one above.
 # The same table is drawn in docs/architecture.md. Patterns match dotted module names.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundation", [r"diffex\.(errors|types|hashing|progress|images|specs|models|atomic)"]),
+    ("foundation", [r"diffex\.(errors|types|hashing|progress|images|specs|models|atomic|user_code)"]),
     ("backends", [r"diffex\.demo(\..*)?", r"diffex\.taxonomy", r"diffex\.taxonomy\.(tree|formats|answer|vlm.*)",
                   r"diffex\.editing", r"diffex\.editing\.(?!stage$).*",
                   r"diffex\.scoring", r"diffex\.scoring\.(?!stage$).*",
@@ -105,6 +105,8 @@ def wall_breaches(edges) -> list[str]:
             bad.append(f"{where}: backends know no database")
         if top(target) == "faiss" and module != "diffex.embedding.vectors":
             bad.append(f"{where}: faiss only in the vector index (diffex/embedding/vectors.py)")
+        if top(target) == "ray" and module != "diffex.indexing.ray_pool":
+            bad.append(f"{where}: ray only in the Ray executor (diffex/indexing/ray_pool.py)")
         if top(target) == "diffusers" and not (module.startswith("diffex.editing.") and layer == BACKENDS):
             bad.append(f"{where}: diffusers only in editing backends")
     return bad
@@ -155,6 +157,7 @@ def test_long_modules_say_why():
     ("embedding/search.py", "import faiss", "faiss only in the vector index"),
     ("scoring/clip.py", "from diffusers import DDIMScheduler", "diffusers only in editing backends"),
     ("editing/stage.py", "import diffusers", "diffusers only in editing backends"),
+    ("indexing/indexer.py", "import ray", "ray only in the Ray executor"),
     ("store/query.py", "from ..indexing.indexer import run_index", "store -> runs"),
     ("demo/world.py", "from ..indexing import indexer", "backends -> runs"),
     ("scoring/base.py", "from .stage import ensure_scores", "backends -> stages"),

@@ -34,7 +34,7 @@ def test_plain_demo_keeps_its_config_and_options_change_the_id():
     ("demo?fail=1.5", "in [0, 1]"),
     ("demo?entangle=beanie:tophat:0.5", "'tophat' is not a node"),
     ("demo?spill=beard:grey hair:0.3", "not a leaf"),
-    ("demo:v1", "takes options only"),
+    ("demo:v1", "takes no model"),
 ])
 def test_bad_options_are_one_line_errors(spec, message):
     with pytest.raises(DiffexError, match=message.replace("[", r"\[").replace("]", r"\]")):

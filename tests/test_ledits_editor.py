@@ -19,7 +19,7 @@ from diffex.errors import DiffexError  # noqa: E402
 from diffex.hashing import hash_image  # noqa: E402
 from diffex.types import Concept  # noqa: E402
 
-from ledits_fixtures import build_tiny_sd  # noqa: E402
+from ledits_fixtures import build_tiny_sd, one_torch_thread  # noqa: E402,F401 (autouse)
 
 OPTIONS = "?size=64&steps=4"
 BEARD = Concept("beard", "add")
@@ -29,18 +29,6 @@ HAT = Concept("hat", "add")
 
 def _bytes(image: Image.Image) -> bytes:
     return np.asarray(image).tobytes()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine oversubscribed
-    torch threads make each UNet call ~10x slower; restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Editor registry: a SPEC string names a backend and its model, e.g. `demo` or `ledits:PATH`."""
+"""Editor registry: a SPEC string names a backend and its model, e.g. `demo`, `ledits:PATH`,
+`ip2p:PATH` or a user's own editor, `python:PATH_OR_MODULE:ATTR`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ EDITORS: dict[str, str] = {
     "demo": "diffex.editing.demo:from_spec",
     "ledits": "diffex.editing.ledits:from_spec",
     "ledits-xl": "diffex.editing.ledits:from_spec_xl",
+    "ip2p": "diffex.editing.ip2p:from_spec",
+    "python": "diffex.editing.python_spec:from_spec",
 }
 
 

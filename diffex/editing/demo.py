@@ -19,6 +19,7 @@ B is drawn over its slot's object when it shares the slot (a top hat perched on 
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,7 +27,7 @@ from PIL import Image
 
 from ..demo.world import ALL_LEAVES, OPTIONAL_SLOTS, WORLD_VERSION, FaceSpec, normalise_prompt, render, resolve_prompt, spec_from_image
 from ..errors import DiffexError
-from ..specs import split_spec
+from ..specs import split_spec, typed
 from ..types import Concept
 from .base import EditSession, Editor
 
@@ -112,14 +113,20 @@ def apply_concepts(spec: FaceSpec, concepts: Sequence[Concept], seed: int, rules
 
 
 class DemoSession(EditSession):
-    def __init__(self, spec: FaceSpec, rules: Rules | None = None):
-        self.spec, self.rules = spec, rules or {}
+    def __init__(self, spec: FaceSpec, rules: Rules | None = None, delay_s: float = 0.0):
+        self.spec, self.rules, self.delay_s = spec, rules or {}, delay_s
 
     def reconstruct(self) -> Image.Image:
+        self._wait()
         return render(self.spec)
 
     def edit(self, concepts: Sequence[Concept], seed: int) -> Image.Image:
+        self._wait()
         return render(apply_concepts(self.spec, concepts, seed, self.rules))
+
+    def _wait(self) -> None:
+        if self.delay_s:  # stands for a diffusion edit's cost (bench/ray_scaling.py)
+            time.sleep(self.delay_s)
 
 
 class DemoEditor(Editor):
@@ -127,9 +134,12 @@ class DemoEditor(Editor):
 
     name = "demo"
 
-    def __init__(self, options: dict[str, str] | None = None):
+    def __init__(self, options: dict[str, str] | None = None, delay_ms: float = 0.0, fail_image: str = ""):
+        # misbehaviour options change pixels, so they are in `config`; delay_ms and fail_image do
+        # not (a slow or failing run shares its edits with a plain `demo` run)
         self.options = dict(options or {})
         self.rules = parse_rules(self.options)
+        self.delay_ms, self.fail_image = delay_ms, fail_image
 
     @property
     def config(self) -> dict[str, Any]:
@@ -144,7 +154,10 @@ class DemoEditor(Editor):
 
     def open(self, image: Image.Image, image_id: str, cache_dir: Path) -> DemoSession:
         """Raises DiffexError if `image` has no embedded demo spec."""
-        return DemoSession(self._spec(image, getattr(image, "filename", "") or f"image {image_id[:12]}"), self.rules)
+        if self.fail_image and image_id.startswith(self.fail_image):
+            raise RuntimeError(f"demo editor asked to fail on image {image_id[:12]} (fail_image={self.fail_image})")
+        return DemoSession(self._spec(image, getattr(image, "filename", "") or f"image {image_id[:12]}"),
+                           self.rules, self.delay_ms / 1000.0)
 
     @staticmethod
     def _spec(image: Image.Image, where: str) -> FaceSpec:
@@ -156,8 +169,19 @@ class DemoEditor(Editor):
 
 
 def from_spec(rest: str) -> DemoEditor:
-    """`demo` or `demo?entangle=A:B:P&spill=A:B:P&fail=A:P` (the module docstring)."""
-    if rest and not rest.startswith("?"):
-        raise DiffexError(f"the demo editor takes options only, got 'demo:{rest}'; use 'demo' or 'demo?{'&'.join(f'{k}=...' for k in OPTIONS)}'")
-    _, options = split_spec("demo", rest, OPTIONS, needs_target=False)
-    return DemoEditor(options)
+    """`demo`, or with options after `?` (`demo?...` or `demo:?...`): the misbehaviour options
+    entangle/spill/fail (the module docstring; they change the editor id), `delay_ms=200`
+    (sleep that long per edit, standing for a diffusion edit's cost) and `fail_image=PREFIX`
+    (raise on images whose id starts with PREFIX: fault handling made testable); those two
+    do not change the editor id."""
+    allowed = {**OPTIONS, "delay_ms": "milliseconds slept per edit",
+               "fail_image": "raise on images whose id starts with this"}
+    target, options = split_spec("demo", rest, allowed, needs_target=False)
+    if target:
+        raise DiffexError(f"the demo editor takes no model, got 'demo:{rest}'; use 'demo', 'demo?entangle=A:B:P' "
+                          "or 'demo:?delay_ms=200'")
+    knobs = typed("demo", {k: v for k, v in options.items() if k in ("delay_ms", "fail_image")},
+                  {"delay_ms": float, "fail_image": str})
+    if knobs.get("delay_ms", 0) < 0:
+        raise DiffexError(f"delay_ms must be 0 or more, got {knobs['delay_ms']:g}")
+    return DemoEditor({k: v for k, v in options.items() if k in OPTIONS}, **knobs)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -78,15 +78,22 @@ def ensure_embeddings(
     embedder: Embedder,
     items: Sequence[tuple[str, str, Callable[[], Image.Image]]],
     progress: Callable | None = None,
+    executor: Any = None,
 ) -> int:
     """`items` are (item_id, item_kind, loader); embeds and stores those this embedder has not
-    stored yet, CHUNK at a time (an interrupted run keeps finished chunks). Returns how many."""
+    stored yet, CHUNK at a time (an interrupted run keeps finished chunks). Returns how many.
+    `executor`: where the chunks are embedded (None: here; see diffex/indexing/ray_pool.py)."""
     emb_id = embedder.embedder_id
     unique = {i: (kind, load) for i, kind, load in items}
     done = store.embedded_items(emb_id, list(unique))
     todo = [(i, kind, load) for i, (kind, load) in unique.items() if i not in done]
-    for chunk in in_chunks(todo, CHUNK, progress, desc="embedding"):
-        vectors = embedder.embed_images([load() for _, _, load in chunk])
+    if executor is None:
+        done_chunks = ((c, embedder.embed_images([load() for _, _, load in c]))
+                       for c in in_chunks(todo, CHUNK, progress, desc="embedding"))
+    else:  # the same chunks, embedded elsewhere, in the order they finish
+        done_chunks = executor.map_chunks("embed", [todo[s : s + CHUNK] for s in range(0, len(todo), CHUNK)],
+                                          progress, desc="embedding")
+    for chunk, vectors in done_chunks:
         store.add_embeddings(emb_id, [i for i, _, _ in chunk], [k for _, k, _ in chunk], vectors)
     return len(todo)
 

@@ -62,6 +62,12 @@ def run_demo(
                       **{"embedder": "demo", **index_options})
     with Store.open(db, read_only=True) as store:
         rows = store.top_subtypes(truth["class"], k=k, classifier=stats.classifier_id)
+        indexed = {c["spec"] for c in store.classifiers() if c["indexed_at"] is not None}
+    # the HTML report (issue 14), compared with the other demo version when it is indexed too
+    from ..report import write_report
+
+    other = next((s for s in ("demo:v1", "demo:v2") if s != classifier and s in indexed), None)
+    report = write_report(db, db.with_name(f"{db.stem}-report.html"), truth["class"], stats.classifier_id, compare=other)
     return {
         "db": str(db),
         "images": str(inputs.images_dir),
@@ -73,4 +79,6 @@ def run_demo(
         "top": [r["node"] for r in rows],
         "rows": rows,
         "stats": stats.to_dict(),
+        "report": str(report.path),
+        "report_bytes": report.bytes,
     }

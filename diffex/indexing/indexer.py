@@ -44,6 +44,8 @@ class IndexStats:
     embeddings_computed: int = 0  # images and edits embedded (with --embedder)
     edits_invalid: int = 0  # edits judged invalid in this run (the concept never appeared)
     edits_blocked: int = 0  # edits computed in this run whose pixels the editor's safety checker withheld
+    edits_failed: int = 0  # edits whose editor call raised: stored as 'failed', retried by the next run
+    failures: list[dict] = field(default_factory=list)  # {"image_id", "edits", "error"} of each failed group
     embedder_id: str = ""
     classifier_id: str = ""
     editor_id: str = ""
@@ -87,7 +89,7 @@ def run_index(
     opts = (options or IndexOptions(**knobs)).validate()
     run = _Run(db, opts)
     run.check_inputs(images, taxonomy, classifier, editor)
-    with run.open_store():
+    with run.open_store(), run.open_executor():
         run.register()
         run.score_originals_and_baselines()
         run.walk_the_beam()
@@ -119,6 +121,8 @@ class _Run:
         self.clf = load_classifier(classifier)
         self.ed = load_editor(editor if editor is not None else "demo")
         self.emb = load_embedder(opts.embedder) if opts.embedder is not None else None
+        self.given_specs = {"editor": editor if editor is not None else "demo", "classifier": classifier,
+                            "embedder": opts.embedder}
         for rec, im in self.loaded:
             try:
                 self.ed.check_image(im, rec.uri)
@@ -156,6 +160,25 @@ class _Run:
             finally:
                 self.store.close()
 
+    # 2b. where the edit, classify and embed work runs: here, or on a pool of Ray actors
+    #     (diffex/indexing/ray_pool.py); either way this process alone writes the store
+    @contextlib.contextmanager
+    def open_executor(self):
+        self.executor = None
+        if self.opts.ray is None:
+            yield None
+            return
+        from .ray_pool import RayPlacement, start_pool
+
+        opts = self.opts
+        placement = RayPlacement(opts.ray, opts.ray_actors, opts.ray_gpus_per_actor,
+                                 str(opts.ray_temp_dir) if opts.ray_temp_dir else None, opts.ray_shared_cache)
+        self.executor = start_pool(placement, self.ed, self.clf, self.emb, self.given_specs, self.store.cache.root)
+        try:
+            yield self.executor
+        finally:
+            self.executor.close()
+
     # 3. what this run is about
     def register(self) -> None:
         opts, store, tax = self.opts, self.store, self.tax
@@ -177,10 +200,10 @@ class _Run:
     # 4. originals and null-edit baselines: the reference every effect is measured against
     def score_originals_and_baselines(self) -> None:
         originals = [(rec.image_id, (lambda im=im: im)) for rec, im in self.loaded]
-        self.stats.scores_computed += ensure_scores(self.store, self.clf, originals, self.progress_bar)
+        self.stats.scores_computed += ensure_scores(self.store, self.clf, originals, self.progress_bar, self.executor)
         if self.emb is not None:
             self.stats.embeddings_computed += ensure_embeddings(
-                self.store, self.emb, [(i, "image", load) for i, load in originals], self.progress_bar)
+                self.store, self.emb, [(i, "image", load) for i, load in originals], self.progress_bar, self.executor)
         self._edit_score_embed([baseline_request(i) for i in self.image_ids])
 
     # 5. beam search down the hierarchy
@@ -244,17 +267,20 @@ class _Run:
     # the unit every step repeats: edit (or reuse), score the edits, embed them and judge validity
     def _edit_score_embed(self, reqs: list[EditRequest]) -> None:
         store, stats, ed = self.store, self.stats, self.ed
-        counts = ensure_edits(store, ed, self.pictures, reqs, self.progress_bar)
+        counts = ensure_edits(store, ed, self.pictures, reqs, self.progress_bar, self.executor)
         stats.edits_computed += counts.computed
         stats.edits_reused += counts.reused
         stats.edits_blocked += counts.blocked
-        edit_ids = [r.edit_id(ed.editor_id) for r in reqs]
-        rows = store.edits_by_id(edit_ids)
-        loads = {eid: (lambda rel=rows[eid]["cache_path"]: store.cache.load(rel)) for eid in edit_ids}
-        stats.scores_computed += ensure_scores(store, self.clf, list(loads.items()), self.progress_bar)
+        stats.edits_failed += counts.failed
+        stats.failures += counts.failures
+        rows = store.edits_by_id([r.edit_id(ed.editor_id) for r in reqs])
+        # a failed edit has no pixels: nothing to score or embed (the next run retries it)
+        edit_ids = [eid for eid in dict.fromkeys(r.edit_id(ed.editor_id) for r in reqs) if rows[eid]["status"] != "failed"]
+        loads = {eid: store.cache.loader(rows[eid]["cache_path"]) for eid in edit_ids}
+        stats.scores_computed += ensure_scores(store, self.clf, list(loads.items()), self.progress_bar, self.executor)
         if self.emb is not None:  # after scoring, before the beam looks at the effects
             stats.embeddings_computed += ensure_embeddings(
-                store, self.emb, [(eid, "edit", load) for eid, load in loads.items()], self.progress_bar)
+                store, self.emb, [(eid, "edit", load) for eid, load in loads.items()], self.progress_bar, self.executor)
             stats.edits_invalid += ensure_validity(store, self.emb, edit_ids, self.templates,
                                                    self.opts.validity_threshold).invalid
             # issue 13: what else each edit changed, against the taxonomy's leaves and top-level groups

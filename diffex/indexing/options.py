@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import OptionError
+from ..errors import DiffexError, OptionError
 from ..types import DIRECTIONS
 
 
@@ -39,6 +39,13 @@ class IndexOptions:
     text_templates: Any = None  # TextTemplates | None
     joint: int = 0
     joint_top: int | None = None
+    # Ray (docs/scale-out.md): "local" or a cluster address; actors (default one per GPU, else per
+    # CPU); GPUs per actor (default 1 when the cluster has GPUs); Ray's temp folder for `local`
+    ray: str | None = None
+    ray_actors: int | None = None
+    ray_gpus_per_actor: float | None = None
+    ray_temp_dir: "str | Path | None" = None
+    ray_shared_cache: bool | None = None  # False: pictures travel as bytes even when workers see the cache
 
     def validate(self) -> "IndexOptions":
         """Raise OptionError for the first bad value; returns self."""
@@ -55,9 +62,23 @@ class IndexOptions:
         bad = [d for d in self.directions if d not in DIRECTIONS]
         if bad or not self.directions:
             raise OptionError("directions", f"has an unknown direction {bad[0] if bad else ''!r}; valid: {', '.join(DIRECTIONS)}")
+        if self.ray is not None:
+            if not str(self.ray).strip():
+                raise OptionError("ray", "needs 'local' or a Ray cluster address")
+            if self.ray_actors is not None and self.ray_actors < 1:
+                raise OptionError("ray_actors", f"must be at least 1, got {self.ray_actors}")
+            if self.ray_gpus_per_actor is not None and self.ray_gpus_per_actor < 0:
+                raise OptionError("ray_gpus_per_actor", f"must be 0 or more, got {self.ray_gpus_per_actor}")
+            from .ray_pool import INSTALL_HINT, ray_available
+
+            if not ray_available():
+                raise DiffexError(INSTALL_HINT)
+        elif self.ray_actors is not None or self.ray_gpus_per_actor is not None:
+            raise OptionError("ray_actors" if self.ray_actors is not None else "ray_gpus_per_actor", "needs ray ({})", "ray")
         return self
 
     def record(self) -> dict[str, Any]:
         """The options as the run log keeps them (store.start_run)."""
         return {"beam": self.beam, "samples": self.samples, "depth": self.depth, "min_delta": self.min_delta,
-                "directions": list(self.directions), "joint": self.joint, "joint_top": self.joint_top}
+                "directions": list(self.directions), "joint": self.joint, "joint_top": self.joint_top,
+                **({"ray": self.ray, "ray_actors": self.ray_actors} if self.ray is not None else {})}

@@ -3,37 +3,13 @@ batched `logits(images) -> [B, C]`. The user's own code is imported, as with any
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import DiffexError
 from ..hashing import hash_json, hash_tensors, sha256_bytes
+from ..user_code import load_user_object
 from .base import LoadedClassifier
-
-
-def _import_target(target: str) -> tuple[Any, bytes | None]:
-    path = Path(target)
-    if target.endswith(".py") or path.is_file():
-        if not path.is_file():
-            raise DiffexError(f"classifier module file not found: {target}")
-        name = f"diffex_user_{sha256_bytes(str(path.resolve()).encode())[:12]}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            raise DiffexError(f"importing {target} failed: {type(exc).__name__}: {exc}") from None
-        return module, path.read_bytes()
-    try:
-        module = importlib.import_module(target)
-    except ImportError as exc:
-        raise DiffexError(f"cannot import classifier module {target!r}: {exc}") from None
-    source = getattr(module, "__file__", None)
-    return module, Path(source).read_bytes() if source else None
 
 
 def _state_dict(obj: Any):
@@ -77,12 +53,7 @@ class PythonClassifier(LoadedClassifier):
 
 
 def from_spec(rest: str) -> PythonClassifier:
-    target, sep, attr = rest.rpartition(":")
-    if not sep or not target or not attr:
-        raise DiffexError(f"python classifier spec must be python:PATH_OR_MODULE:ATTR, got python:{rest}")
-    module, source = _import_target(target)
-    factory = getattr(module, attr, None)
-    if factory is None:
-        raise DiffexError(f"{target} has no attribute {attr!r}")
+    found = load_user_object("classifier", rest)
+    factory = found.value
     obj = factory() if callable(factory) and not hasattr(factory, "logits") else factory
-    return PythonClassifier(obj, name=f"{Path(target).stem}:{attr}", source_bytes=source)
+    return PythonClassifier(obj, name=found.name, source_bytes=found.source)

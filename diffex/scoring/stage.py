@@ -4,7 +4,7 @@ class, skipping whatever this classifier (by weight hash) has already scored."""
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -27,8 +27,10 @@ def ensure_scores(
     classifier: Classifier,
     items: Sequence[tuple[str, Callable[[], Image.Image]]],
     progress: Callable | None = None,
+    executor: Any = None,
 ) -> int:
-    """`items` are (item_id, loader) pairs; returns how many items were newly scored."""
+    """`items` are (item_id, loader) pairs; returns how many items were newly scored.
+    `executor`: where the chunks are scored (None: here; see diffex/indexing/ray_pool.py)."""
     clf_id = classifier.classifier_id
     unique = dict(items)
     keys = store.item_keys(list(unique))  # looked up once, not per chunk
@@ -46,8 +48,13 @@ def ensure_scores(
         since = time.monotonic()
 
     try:
-        for chunk in in_chunks(todo, CHUNK, progress, desc="scoring"):
-            logits, probs = score_images(classifier, [load() for _, load in chunk])
+        if executor is None:
+            done_chunks = ((c, score_images(classifier, [load() for _, load in c]))
+                           for c in in_chunks(todo, CHUNK, progress, desc="scoring"))
+        else:  # the same chunks, scored elsewhere, in the order they finish
+            done_chunks = executor.map_chunks("score", [todo[s : s + CHUNK] for s in range(0, len(todo), CHUNK)],
+                                              progress, desc="scoring")
+        for chunk, (logits, probs) in done_chunks:
             pending.append(([i for i, _ in chunk], logits, probs))
             if sum(len(ids) for ids, _, _ in pending) >= COMMIT_ITEMS or time.monotonic() - since >= COMMIT_S:
                 commit()

@@ -26,6 +26,7 @@ from .locks import FileLocks
 from .effects import EffectReads
 from .embeddings import EmbeddingRows
 from .reads import UserReads
+from .report_reads import ReportReads  # issue 14
 from .writes import Writes
 
 
@@ -127,7 +128,7 @@ def _held(method):
     return wrapper
 
 
-class Store(Writes, EffectReads, EmbeddingRows, UserReads):
+class Store(Writes, EffectReads, EmbeddingRows, UserReads, ReportReads):
     """A diffex database. `Store.open(path)` creates or migrates it; `read_only=True` never writes.
 
     shared=True lets other processes use the file between this store's calls (docs/store.md):

@@ -18,6 +18,7 @@ from ... import models, specs
 from ...errors import DiffexError
 from ...types import DIRECTIONS, Concept
 from ..base import EditOutput, Editor
+from ..diffusers_model import resolve_source
 from .patches import _jsonable, _per_image_attention, _stack, _tensor_equal, _use_ledits_scheduler
 from .session import LeditsSession, _reraise
 from .spec import DEFAULTS, DTYPES, OPTIONS, RECONSTRUCT_SEED, _hub_commit, _local_model_hash, parse_spec
@@ -133,9 +134,8 @@ class LeditsEditor(Editor):
             self.pipeline()
 
     def _source(self) -> "models.ModelSource":
-        target = str(self.local_path) if self.local_path is not None else self.model
-        return models.resolve("LEDITS++", target, allow_pickle=self.options["allow_pickle"],
-                              revision=None if self.local_path is not None else self.options.get("revision"))
+        return resolve_source("LEDITS++", self.model, self.local_path, allow_pickle=self.options["allow_pickle"],
+                              revision=self.options.get("revision"))
 
     def pipeline(self):
         """The loaded pipeline (loads on first call). Raises DiffexError when it cannot be loaded."""

@@ -4,14 +4,14 @@ of a local directory), and the key of a cached inversion."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any
 
 
-from ... import models, specs
+from ... import specs
 from ...errors import DiffexError
-from ...hashing import hash_files, hash_json
+from ...hashing import hash_json
+# the model's identity is shared with the other diffusers editors (ip2p)
+from ..diffusers_model import hub_commit as _hub_commit, local_model_hash as _local_model_hash  # noqa: F401
 
 
 # Option -> (parser, default). Defaults are the DiffEx reference code's settings;
@@ -47,29 +47,8 @@ def inversion_key(image_id: str, editor_id: str, seed: int) -> str:
     return hash_json({"image": image_id, "editor": editor_id, "seed": int(seed)})[:32]
 
 
-# Weight and config files whose bytes define a local model's identity.
-_IDENTITY_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
-
-
 def parse_spec(rest: str) -> tuple[str, dict[str, str]]:
     """Split `MODEL[?k=v&...]` into the model and raw option strings (diffex/specs.py rules)."""
     if not rest.partition("?")[0]:
         raise DiffexError("ledits: needs a model id or path, e.g. ledits:stable-diffusion-v1-5/stable-diffusion-v1-5")
     return specs.split_spec("ledits", rest, dict.fromkeys(OPTIONS, ""))
-
-
-def _hub_commit(model: str, revision: str) -> str | None:
-    """The commit `revision` of hub model `model` resolves to in the local Hugging Face cache
-    (a 40-hex revision is a commit already), or None when the cache does not have it."""
-    if re.fullmatch(r"[0-9a-f]{40}", revision):
-        return revision
-    snapshot = models.hub_snapshot(model, revision)  # .../models--org--name/snapshots/<commit>
-    return snapshot.name if snapshot is not None else None
-
-
-def _local_model_hash(path: Path) -> str:
-    """sha256 over the weight and config files of a saved pipeline (relative name + bytes)."""
-    files = [p for p in path.rglob("*") if p.is_file() and p.suffix in _IDENTITY_SUFFIXES]
-    if not any(p.suffix in (".safetensors", ".bin") for p in files):
-        raise DiffexError(f"{path} holds no .safetensors/.bin weights; expected a directory saved with save_pretrained")
-    return hash_files(path, files)
