@@ -112,12 +112,17 @@ def cli() -> None:
 @click.option("--classifier", type=click.Choice(["demo:v1", "demo:v2"]), default="demo:v1", show_default=True,
               help="Which shipped demo classifier to explain.")
 @click.option("--samples", type=click.IntRange(1, 64), default=2, show_default=True, help="Edit seeds per (image, node).")
+@click.option("--editor", default="demo", show_default=True,
+              help="The demo editor, or one that misbehaves: 'demo?entangle=A:B:P&spill=A:B:P&fail=A:P' (README).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def demo(db, n_images, classifier, samples, as_json) -> None:
+def demo(db, n_images, classifier, samples, editor, as_json) -> None:
     """Build the offline demo world, index it and show what moves the demo classifier."""
     from diffex.indexing.demo_run import run_demo
 
-    result = run_demo(db, n_images=n_images, classifier=classifier, samples=samples, progress=not as_json and sys.stderr.isatty())
+    if editor != "demo" and not editor.startswith("demo?"):
+        raise click.UsageError(f"--editor must be the demo editor ('demo' or 'demo?...'), got {editor!r}")
+    result = run_demo(db, n_images=n_images, classifier=classifier, samples=samples, editor=editor,
+                      progress=not as_json and sys.stderr.isatty())
     if as_json:
         _print_json(result)
         return
@@ -127,7 +132,16 @@ def demo(db, n_images, classifier, samples, as_json) -> None:
     click.echo(f"\nTop subtypes moving P({result['class']}) (mean change vs the null-edit baseline, 95% CI):\n")
     cols = ["rank", "node", "parent", "mean_delta_prob", "ci_low", "ci_high", "n_images", "n_invalid", "effect"]
     cols = [c for c in cols if c in (result["rows"][0] if result["rows"] else {})]
-    _emit(cols, [[r[c] for c in cols] for r in result["rows"]], "table")
+    # issue 13: a row whose effect may be borrowed from a side effect says so
+    flagged = [r for r in result["rows"] if r.get("confounded_with")]
+    if flagged:
+        cols.append("confound")
+    _emit(cols, [[r[c] for c in cols if c != "confound"]
+                 + ([f"! {r['confounded_with']} {r['confound_share']:.0%} (clean {r['clean_delta_prob']})"
+                     if r.get("confounded_with") else ""] if flagged else []) for r in result["rows"]], "table")
+    if flagged:
+        click.echo(f"(! confound: another concept appeared in that share of the node's edits; see "
+                   f"SELECT * FROM confounds('{result['class']}'))")
     click.echo(f"\nPlanted dependency (ground truth): {', '.join(result['planted'])}; "
                f"recovered at rank 1: {'yes' if result['top'] and result['top'][0] in result['planted'] else 'NO'}")
     click.echo("(n_invalid: edits the demo CLIP judged not to show the concept, left out of the effect)")

@@ -106,6 +106,9 @@ def build(spec: str, table: Mapping[str, str], kind: str, valid: str, needs_colo
     Raises DiffexError naming the valid SPECs when the prefix is unknown. Backends are imported
     here, on first use, so `diffex query` never pays for torch."""
     prefix, sep, rest = str(spec).partition(":")
+    if "?" in prefix:  # options without a model (`demo?fail=0.2`): the factory gets "?fail=0.2"
+        prefix, query = prefix.split("?", 1)
+        rest, sep = "?" + query + sep + rest, ""
     if prefix not in table or (needs_colon and not sep):
         raise DiffexError(f"unknown {kind} spec {spec!r}; valid: {valid}")
     module_name, factory = table[prefix].split(":")

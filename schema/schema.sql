@@ -9,7 +9,7 @@
 -- them unique.
 
 CREATE TABLE diffex_schema (version INTEGER NOT NULL);
-INSERT INTO diffex_schema VALUES (6);  -- 5: side effects (its own branch); 6: schedule_nodes
+INSERT INTO diffex_schema VALUES (6);  -- 5: side effects; 6: schedule_nodes
 
 CREATE SEQUENCE item_keys START 1;  -- images and edits share one key space: a scored item is either
 CREATE SEQUENCE entity_keys START 1;  -- nodes, editors, classifiers
@@ -154,7 +154,19 @@ CREATE TABLE edit_validity (
     direction_sim DOUBLE,              -- cos(E(edit) - E(baseline), T(concept) - T(neutral))
     baseline_sim  DOUBLE,              -- cos(E(edit), E(baseline)): how much else stayed
     threshold     DOUBLE NOT NULL,
-    valid         BOOLEAN NOT NULL      -- unique per (edit_id, embedder_id), kept so by Store
+    valid         BOOLEAN NOT NULL,     -- unique per (edit_id, embedder_id), kept so by Store
+    side_fp       VARCHAR               -- v5: the concepts and thresholds side effects were checked against; NULL = not checked
+);
+-- v5: what else an edit changed (diffex/embedding/side_effects.py): one row per concept (a
+-- leaf or a top-level group, never the edit's own node, its ancestors or descendants) the
+-- edit moved toward above that concept's calibrated threshold. Sparse: a checked edit with
+-- no row is clean.
+CREATE TABLE edit_side_effects (
+    embedder_id   VARCHAR NOT NULL,
+    edit_key      BIGINT NOT NULL,
+    node_key      INTEGER NOT NULL,
+    direction_sim DOUBLE NOT NULL,     -- cos(E(edit) - E(baseline), T(concept) - T(neutral))
+    threshold     DOUBLE NOT NULL
 );
 CREATE TABLE vlm_responses (
     response_id VARCHAR PRIMARY KEY,   -- hash of (model, prompt, image ids)
@@ -190,7 +202,10 @@ CREATE TABLE effect_images (
     valid_logit    DOUBLE,
     all_prob       DOUBLE,
     all_logit      DOUBLE,
-    edits_fp       UBIGINT
+    edits_fp       UBIGINT,
+    n_clean        INTEGER DEFAULT 0,  -- v5: valid edits checked for side effects that had none
+    clean_prob     DOUBLE,             -- v5: their mean change (NULL when none)
+    side_corr      DOUBLE              -- v5: mean over valid edits of their side concepts' own effect here
 );
 
 -- Per (classifier, editor, node, direction, class): running sums over images of the
@@ -206,7 +221,41 @@ CREATE TABLE effect_nodes (
     v_sum_logit DOUBLE NOT NULL, v_up BIGINT NOT NULL, v_down BIGINT NOT NULL,
     a_images BIGINT NOT NULL, a_edits BIGINT NOT NULL, a_sum DOUBLE NOT NULL, a_sumsq DOUBLE NOT NULL,
     a_sum_logit DOUBLE NOT NULL, a_up BIGINT NOT NULL, a_down BIGINT NOT NULL,
-    n_invalid BIGINT NOT NULL   -- one row per key, kept so by diffex/derived.py
+    n_invalid BIGINT NOT NULL,  -- one row per key, kept so by diffex/derived.py
+    -- v5: the same sums over the images' clean means (effect_images.clean_prob)
+    c_images BIGINT DEFAULT 0, c_edits BIGINT DEFAULT 0, c_sum DOUBLE DEFAULT 0, c_sumsq DOUBLE DEFAULT 0,
+    s_corr DOUBLE DEFAULT 0   -- v5: sum of effect_images.side_corr over the images with a valid effect
+);
+
+-- v5: per (editor, node, direction, image) how many valid edits were checked for side
+-- effects (side_key 0) and how many showed each side concept (side_key = its node_key);
+-- side_effect_nodes sums them over images (n_images: images with such an edit). Not per
+-- classifier: side effects belong to the edit and the embedder.
+CREATE TABLE side_effect_images (
+    editor_key INTEGER NOT NULL,
+    node_key   INTEGER NOT NULL,
+    direction  VARCHAR NOT NULL,
+    image_key  BIGINT NOT NULL,
+    side_key   INTEGER NOT NULL,
+    n_edits    INTEGER NOT NULL
+);
+CREATE TABLE side_effect_nodes (
+    editor_key INTEGER NOT NULL,
+    node_key   INTEGER NOT NULL,
+    direction  VARCHAR NOT NULL,
+    side_key   INTEGER NOT NULL,
+    n_edits    BIGINT NOT NULL,
+    n_images   BIGINT NOT NULL
+);
+-- v5: per (editor, node, direction) with checked edits, its most frequent side concept (ties:
+-- the deeper node, then the label; NULL when none), so the effect views join one small table.
+CREATE TABLE confound_nodes (
+    editor_key INTEGER NOT NULL,
+    node_key   INTEGER NOT NULL,
+    direction  VARCHAR NOT NULL,
+    n_checked  BIGINT NOT NULL,
+    side_label VARCHAR,
+    n_side     BIGINT NOT NULL
 );
 
 -- Per (classifier A, classifier B, editor, node, direction, class of A, same-named class of B):

@@ -81,13 +81,22 @@ WITH wanted AS (
     WHERE x.kind = 'baseline' AND x.status = 'ok'
 ), v AS (
     -- edit_validity_current restricted first: an aggregate over every verdict per refresh would not scale
-    SELECT ev.edit_id, arg_max(ev.valid, m.created_at) AS valid, arg_max(ev.direction_sim, m.created_at) AS direction_sim
+    SELECT ev.edit_id, arg_max(ev.valid, m.created_at) AS valid, arg_max(ev.direction_sim, m.created_at) AS direction_sim,
+           arg_max(ev.side_fp, m.created_at) AS side_fp, arg_max(ev.embedder_id, m.created_at) AS embedder_id
     FROM edit_validity ev JOIN embedders m ON m.embedder_id = ev.embedder_id
     WHERE ev.edit_id IN (SELECT edit_id FROM e)
     GROUP BY ev.edit_id
+), se AS (
+    -- the side concepts of each edit (v5), by the embedder whose verdict counts
+    SELECT embedder_id, edit_key, list(node_key ORDER BY node_key) AS sides FROM edit_side_effects
+    WHERE edit_key BETWEEN (SELECT min(edit_key) FROM e) AND (SELECT max(edit_key) FROM e)
+    GROUP BY ALL
 )
 SELECT s.classifier_key, e.editor_key, l.node_key, e.direction, e.image_key, e.edit_key, e.edit_id, e.seed,
        coalesce(v.valid, TRUE) AS valid, v.direction_sim,
+       -- clean: checked for side effects and none found (NULL: never checked)
+       CASE WHEN v.side_fp IS NOT NULL THEN se.edit_key IS NULL END AS clean,
+       CASE WHEN v.side_fp IS NOT NULL THEN coalesce(se.sides, []::INTEGER[]) END AS sides,
        unnest(range(len(s.probs)))::INTEGER AS class_index,
        unnest(bs.probs)::DOUBLE AS prob_baseline, unnest(s.probs)::DOUBLE AS prob_edit,
        unnest(bs.logits)::DOUBLE AS logit_baseline, unnest(s.logits)::DOUBLE AS logit_edit
@@ -101,22 +110,74 @@ JOIN (SELECT * FROM item_scores WHERE item_key BETWEEN (SELECT min(edit_key) FRO
      ON s.item_key = e.edit_key
 JOIN (SELECT * FROM item_scores WHERE item_key BETWEEN (SELECT min(baseline_key) FROM b) AND (SELECT max(baseline_key) FROM b)) bs
      ON bs.item_key = b.baseline_key AND bs.classifier_key = s.classifier_key
-LEFT JOIN v ON v.edit_id = e.edit_id;
+LEFT JOIN v ON v.edit_id = e.edit_id
+LEFT JOIN se ON se.edit_key = e.edit_key AND se.embedder_id = v.embedder_id;
 
 -- Per (classifier, editor, node, direction, image, class), recomputed: what the table
 -- effect_images must hold (Store.refresh_effects writes it, `diffex verify` compares).
 CREATE OR REPLACE MACRO effect_images_for(image_keys) AS TABLE
-SELECT classifier_key, editor_key, node_key, direction, image_key, class_index,
-       any_value(prob_baseline) AS prob_baseline,
-       (count(*) FILTER (WHERE valid))::INTEGER AS n_valid,
-       count(*)::INTEGER AS n_all,
-       avg(prob_edit - prob_baseline) FILTER (WHERE valid) AS valid_prob,
-       avg(logit_edit - logit_baseline) FILTER (WHERE valid) AS valid_logit,
-       avg(prob_edit - prob_baseline) AS all_prob,
-       avg(logit_edit - logit_baseline) AS all_logit,
-       bit_xor(hash(edit_key)) FILTER (WHERE valid) AS edits_fp
-FROM edit_class_deltas_for(image_keys)
-GROUP BY classifier_key, editor_key, node_key, direction, image_key, class_index;
+WITH d AS MATERIALIZED (
+    SELECT * FROM edit_class_deltas_for(image_keys)
+), g AS (
+    SELECT classifier_key, editor_key, node_key, direction, image_key, class_index,
+           any_value(prob_baseline) AS prob_baseline,
+           (count(*) FILTER (WHERE valid))::INTEGER AS n_valid,
+           count(*)::INTEGER AS n_all,
+           avg(prob_edit - prob_baseline) FILTER (WHERE valid) AS valid_prob,
+           avg(logit_edit - logit_baseline) FILTER (WHERE valid) AS valid_logit,
+           avg(prob_edit - prob_baseline) AS all_prob,
+           avg(logit_edit - logit_baseline) AS all_logit,
+           bit_xor(hash(edit_key)) FILTER (WHERE valid) AS edits_fp,
+           (count(*) FILTER (WHERE valid AND clean))::INTEGER AS n_clean,
+           avg(prob_edit - prob_baseline) FILTER (WHERE valid AND clean) AS clean_prob
+    FROM d
+    GROUP BY classifier_key, editor_key, node_key, direction, image_key, class_index
+), charged AS (
+    -- v5: each valid edit with side effects is charged its side concepts' own effect on the
+    -- same image (0 where that concept was not edited there); side_corr is the mean charge
+    SELECT x.classifier_key, x.editor_key, x.node_key, x.direction, x.image_key, x.class_index,
+           sum(coalesce(o.valid_prob, 0)) AS charge
+    FROM (SELECT *, unnest(sides) AS side_key FROM d WHERE valid AND len(sides) > 0) x
+    LEFT JOIN g o ON o.classifier_key = x.classifier_key AND o.editor_key = x.editor_key AND o.node_key = x.side_key
+                 AND o.direction = x.direction AND o.image_key = x.image_key AND o.class_index = x.class_index
+    GROUP BY ALL
+)
+SELECT g.*, CASE WHEN g.n_valid > 0 THEN coalesce(c.charge, 0) / g.n_valid END AS side_corr
+FROM g
+LEFT JOIN charged c ON c.classifier_key = g.classifier_key AND c.editor_key = g.editor_key AND c.node_key = g.node_key
+                   AND c.direction = g.direction AND c.image_key = g.image_key AND c.class_index = g.class_index;
+
+-- Per (editor, node, direction, image), recomputed (v5): what side_effect_images must hold.
+-- Counts the valid single edits checked for side effects (side_key 0) and, per side concept
+-- (side_key = its node_key), those that showed it, by the embedder whose verdict counts.
+CREATE OR REPLACE MACRO side_effect_images_for(image_keys) AS TABLE
+WITH wanted AS (
+    SELECT unnest(coalesce(image_keys, (SELECT list(image_key) FROM images))) AS image_key
+), e AS (
+    SELECT x.edit_key, x.edit_id, x.image_key, x.editor_key, x.direction
+    FROM edits x JOIN wanted w ON w.image_key = x.image_key
+    WHERE x.kind = 'single' AND x.status = 'ok'
+), v AS (
+    SELECT ev.edit_id, arg_max(ev.valid, m.created_at) AS valid, arg_max(ev.side_fp, m.created_at) AS side_fp,
+           arg_max(ev.embedder_id, m.created_at) AS embedder_id
+    FROM edit_validity ev JOIN embedders m ON m.embedder_id = ev.embedder_id
+    WHERE ev.edit_id IN (SELECT edit_id FROM e)
+    GROUP BY ev.edit_id
+), checked AS (
+    SELECT e.*, v.embedder_id FROM e JOIN v ON v.edit_id = e.edit_id WHERE v.valid AND v.side_fp IS NOT NULL
+), linked AS (
+    SELECT c.*, l.node_key FROM checked c
+    JOIN (SELECT * FROM edit_links WHERE edit_key BETWEEN (SELECT min(edit_key) FROM checked) AND (SELECT max(edit_key) FROM checked)) l
+         ON l.edit_key = c.edit_key
+), flagged AS (
+    SELECT c.editor_key, c.node_key, c.direction, c.image_key, s.node_key AS side_key
+    FROM linked c
+    JOIN (SELECT * FROM edit_side_effects WHERE edit_key BETWEEN (SELECT min(edit_key) FROM checked) AND (SELECT max(edit_key) FROM checked)) s
+         ON s.edit_key = c.edit_key AND s.embedder_id = c.embedder_id
+)
+SELECT editor_key, node_key, direction, image_key, side_key, count(*)::INTEGER AS n_edits
+FROM (SELECT editor_key, node_key, direction, image_key, 0 AS side_key FROM linked UNION ALL SELECT * FROM flagged)
+GROUP BY ALL;
 
 -- Every single-node edit against its image's null-edit baseline, for every class, by id.
 -- `valid` is the edit's validity (TRUE when no embedder judged it).
@@ -161,6 +222,11 @@ CREATE OR REPLACE VIEW image_effects_all AS SELECT * FROM image_effects_with(TRU
 -- image are not independent); intervals of a change in probability are clipped to [-1, 1].
 -- n_invalid: edits left out because the embedder saw no sign of the concept in them
 -- (node_effects_all and include_invalid := TRUE count them in).
+-- A node is reported confounded when at least this share of its checked edits showed one
+-- side concept (below it, calibrated thresholds' false alarms name one: up to 25% of a node's
+-- edits with the exact demo editor and the demo CLIP, 16 images x 2 seeds).
+CREATE OR REPLACE MACRO confound_floor() AS 0.3;
+
 CREATE OR REPLACE MACRO node_effects_with(include_invalid) AS TABLE
 WITH p AS (
     SELECT classifier_key, editor_key, node_key, direction, class_index, a_images, n_invalid,
@@ -170,7 +236,8 @@ WITH p AS (
            CASE WHEN include_invalid THEN a_sumsq ELSE v_sumsq END AS s2,
            CASE WHEN include_invalid THEN a_sum_logit ELSE v_sum_logit END AS s1_logit,
            CASE WHEN include_invalid THEN a_up ELSE v_up END AS n_up,
-           CASE WHEN include_invalid THEN a_down ELSE v_down END AS n_down
+           CASE WHEN include_invalid THEN a_down ELSE v_down END AS n_down,
+           v_images, v_sum, c_images, c_edits, c_sum, c_sumsq, s_corr
     FROM effect_nodes
     WHERE a_images > 0
 ), m AS (
@@ -178,7 +245,9 @@ WITH p AS (
            CASE WHEN n_images > 0 THEN s1 / n_images END AS mean_delta_prob,
            CASE WHEN n_images > 1 THEN sqrt(greatest(0, (s2 - s1 * s1 / n_images) / (n_images - 1))) END AS sd_delta_prob,
            CASE WHEN n_images > 0 THEN s1_logit / n_images END AS mean_delta_logit,
-           CASE WHEN n_images > 0 THEN (n_up + 0.5 * (n_images - n_up - n_down)) / n_images END AS frac_up
+           CASE WHEN n_images > 0 THEN (n_up + 0.5 * (n_images - n_up - n_down)) / n_images END AS frac_up,
+           CASE WHEN c_images > 0 THEN c_sum / c_images END AS clean_mean,
+           CASE WHEN c_images > 1 THEN sqrt(greatest(0, (c_sumsq - c_sum * c_sum / c_images) / (c_images - 1))) END AS clean_sd
     FROM p
 )
 SELECT k.classifier_id, classifier_label(k.spec, k.name, k.classifier_id) AS classifier_name, c.class_name, ed.editor_id,
@@ -191,8 +260,19 @@ SELECT k.classifier_id, classifier_label(k.spec, k.name, k.classifier_id) AS cla
        CASE WHEN m.mean_delta_prob > 0 THEN 'up' WHEN m.mean_delta_prob < 0 THEN 'down' ELSE 'none' END AS effect,
        -- share of images moved the same way as the mean: 1.0 = every image agrees
        CASE WHEN m.mean_delta_prob >= 0 THEN m.frac_up ELSE 1 - m.frac_up END AS sign_consistency,
-       m.n_invalid::BIGINT AS n_invalid
+       m.n_invalid::BIGINT AS n_invalid,
+       -- v5 (issue 13): side effects. confounded_with names the side concept of at least
+       -- confound_floor() of the node's checked edits; clean_*: over the edits with no side
+       -- effect; adjusted: the valid effect less what its side concepts do on their own.
+       CASE WHEN cf.n_side >= confound_floor() * cf.n_checked THEN cf.side_label END AS confounded_with,
+       cf.n_side / cf.n_checked AS confound_share,
+       m.clean_mean AS clean_delta_prob,
+       clip(m.clean_mean - t975(m.c_images - 1) * coalesce(m.clean_sd, 0) / sqrt(m.c_images), -1.0, 1.0) AS clean_ci_low,
+       clip(m.clean_mean + t975(m.c_images - 1) * coalesce(m.clean_sd, 0) / sqrt(m.c_images), -1.0, 1.0) AS clean_ci_high,
+       m.c_images AS clean_n_images, m.c_edits AS clean_n_edits,
+       CASE WHEN m.v_images > 0 THEN (m.v_sum - m.s_corr) / m.v_images END AS adjusted_delta_prob
 FROM m
+LEFT JOIN confound_nodes cf ON cf.editor_key = m.editor_key AND cf.node_key = m.node_key AND cf.direction = m.direction
 JOIN classifiers k ON k.classifier_key = m.classifier_key
 JOIN classes c ON c.classifier_id = k.classifier_id AND c.class_index = m.class_index
 JOIN editors ed ON ed.editor_key = m.editor_key
@@ -278,7 +358,11 @@ SELECT row_number() OVER (ORDER BY abs(mean_delta_prob) DESC NULLS LAST, path) A
        round(ci_low, 4) AS ci_low, round(ci_high, 4) AS ci_high,
        round(mean_delta_logit, 4) AS mean_delta_logit,
        n_images, n_edits, effect, round(sign_consistency, 3) AS sign_consistency,
-       class_name, classifier_name, n_invalid
+       class_name, classifier_name, n_invalid,
+       confounded_with, round(confound_share, 3) AS confound_share,
+       round(clean_delta_prob, 4) AS clean_delta_prob, round(clean_ci_low, 4) AS clean_ci_low,
+       round(clean_ci_high, 4) AS clean_ci_high, clean_n_images, clean_n_edits,
+       round(adjusted_delta_prob, 4) AS adjusted_delta_prob
 FROM effects_for(target_class, classifier := classifier, edit_direction := edit_direction, include_invalid := include_invalid)
 WHERE depth >= 2
 ORDER BY rank
@@ -290,7 +374,11 @@ SELECT row_number() OVER (ORDER BY abs(mean_delta_prob) DESC NULLS LAST, path) A
        node, parent, depth, path,
        round(mean_delta_prob, 4) AS mean_delta_prob,
        round(ci_low, 4) AS ci_low, round(ci_high, 4) AS ci_high,
-       n_images, n_edits, effect, class_name, classifier_name, n_invalid
+       n_images, n_edits, effect, class_name, classifier_name, n_invalid,
+       confounded_with, round(confound_share, 3) AS confound_share,
+       round(clean_delta_prob, 4) AS clean_delta_prob, round(clean_ci_low, 4) AS clean_ci_low,
+       round(clean_ci_high, 4) AS clean_ci_high, clean_n_images, clean_n_edits,
+       round(adjusted_delta_prob, 4) AS adjusted_delta_prob
 FROM effects_for(target_class, classifier := classifier, edit_direction := edit_direction, include_invalid := include_invalid)
 ORDER BY rank
 LIMIT k;
@@ -299,7 +387,9 @@ LIMIT k;
 -- the beam search never expanded a node).
 CREATE OR REPLACE MACRO effect_tree(target_class, classifier := NULL, edit_direction := 'add') AS TABLE
 WITH RECURSIVE eff AS (
-    SELECT node_id, mean_delta_prob, ci_low, ci_high, n_images, classifier_name
+    SELECT node_id, mean_delta_prob, ci_low, ci_high, n_images, classifier_name,
+           confounded_with, confound_share, clean_delta_prob, clean_ci_low, clean_ci_high, clean_n_images, clean_n_edits,
+           adjusted_delta_prob
     FROM effects_for(target_class, classifier := classifier, edit_direction := edit_direction)
 ), tree AS (
     SELECT n.node_id, n.label, n.path, n.depth, n.path AS sort_key
@@ -311,7 +401,11 @@ WITH RECURSIVE eff AS (
 SELECT repeat('  ', t.depth - 1) || t.label AS tree,
        round(e.mean_delta_prob, 4) AS mean_delta_prob,
        round(e.ci_low, 4) AS ci_low, round(e.ci_high, 4) AS ci_high,
-       e.n_images, t.depth, t.path
+       e.n_images, t.depth, t.path,
+       e.confounded_with, round(e.confound_share, 3) AS confound_share,
+       round(e.clean_delta_prob, 4) AS clean_delta_prob, round(e.clean_ci_low, 4) AS clean_ci_low,
+       round(e.clean_ci_high, 4) AS clean_ci_high, e.clean_n_images, e.clean_n_edits,
+       round(e.adjusted_delta_prob, 4) AS adjusted_delta_prob
 FROM tree t LEFT JOIN eff e ON e.node_id = t.node_id
 ORDER BY t.sort_key;
 
@@ -325,16 +419,46 @@ WITH args AS (
     JOIN classifiers k ON k.classifier_id = pc.classifier_id
     JOIN classes c ON c.classifier_id = k.classifier_id AND c.class_name = checked_class(target_class, classifier),
     pick_image(image) pi
+), side AS (
+    -- v5: this image's side effects per node: checked edits (side_key 0) and the most frequent side concept
+    SELECT s.editor_key, s.node_key,
+           max(s.n_edits) FILTER (WHERE s.side_key = 0) AS n_checked,
+           arg_min(sn.label, (-s.n_edits, -sn.depth, sn.label)) FILTER (WHERE s.side_key <> 0) AS side_label,
+           max(s.n_edits) FILTER (WHERE s.side_key <> 0) AS n_top
+    FROM side_effect_images s JOIN args ON s.image_key = args.want_image AND s.direction = args.want_direction
+    LEFT JOIN nodes sn ON sn.node_key = s.side_key
+    GROUP BY ALL
 )
 SELECT row_number() OVER (ORDER BY abs(x.valid_prob) DESC, n.path) AS rank,
        n.label AS node, n.path, round(x.prob_baseline, 4) AS prob_baseline,
-       round(x.valid_prob, 4) AS mean_delta_prob, x.n_valid::BIGINT AS n_edits, i.image_id, i.uri
+       round(x.valid_prob, 4) AS mean_delta_prob, x.n_valid::BIGINT AS n_edits, i.image_id, i.uri,
+       CASE WHEN sd.n_top >= confound_floor() * sd.n_checked THEN sd.side_label END AS confounded_with,
+       round(coalesce(sd.n_top, 0) / sd.n_checked, 3) AS confound_share,
+       round(x.clean_prob, 4) AS clean_delta_prob, x.n_clean::BIGINT AS clean_n_edits,
+       round(x.valid_prob - x.side_corr, 4) AS adjusted_delta_prob
 FROM effect_images x
 JOIN args ON x.classifier_key = args.want_classifier
 JOIN nodes n ON n.node_key = x.node_key
 JOIN images i ON i.image_key = x.image_key
+LEFT JOIN side sd ON sd.editor_key = x.editor_key AND sd.node_key = x.node_key
 WHERE x.image_key = args.want_image
   AND x.class_index = args.want_class AND x.direction = args.want_direction
+ORDER BY rank;
+
+-- v5 (issue 13): the nodes whose effect on class X may be borrowed from a side effect: every
+-- node with a named confound, its raw effect beside the clean and adjusted ones, and
+-- `borrowed` = raw - adjusted (what the side concepts carried).
+CREATE OR REPLACE MACRO confounds(target_class, classifier := NULL, edit_direction := 'add') AS TABLE
+SELECT row_number() OVER (ORDER BY confound_share DESC, abs(mean_delta_prob) DESC NULLS LAST, path) AS rank,
+       node, confounded_with, round(confound_share, 3) AS confound_share,
+       round(mean_delta_prob, 4) AS mean_delta_prob, round(ci_low, 4) AS ci_low, round(ci_high, 4) AS ci_high,
+       round(clean_delta_prob, 4) AS clean_delta_prob, round(clean_ci_low, 4) AS clean_ci_low,
+       round(clean_ci_high, 4) AS clean_ci_high, clean_n_images, clean_n_edits,
+       round(adjusted_delta_prob, 4) AS adjusted_delta_prob,
+       round(mean_delta_prob - adjusted_delta_prob, 4) AS borrowed,
+       n_images, n_edits, path, class_name, classifier_name
+FROM effects_for(target_class, classifier := classifier, edit_direction := edit_direction)
+WHERE confounded_with IS NOT NULL
 ORDER BY rank;
 
 -- ---------------------------------------------------------------- embeddings (diffex/embed.py)

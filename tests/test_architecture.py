@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, list[str]]] = [
                   r"diffex\.scoring", r"diffex\.scoring\.(?!stage$).*",
                   r"diffex\.embedding", r"diffex\.embedding\.(base|clip|clip_text)"]),
     ("store", [r"diffex\.store(\..*)?"]),
-    ("stages", [r"diffex\.(editing|scoring|embedding)\.stage", r"diffex\.embedding\.(vectors|search)",
+    ("stages", [r"diffex\.(editing|scoring|embedding)\.stage", r"diffex\.embedding\.(vectors|search|side_effects)",
                 r"diffex\.taxonomy\.(curation|propose)"]),
     ("analysis", [r"diffex\.analysis(\..*)?"]),
     ("runs", [r"diffex\.indexing(\..*)?", r"diffex\.report(\..*)?"]),

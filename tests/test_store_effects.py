@@ -179,7 +179,7 @@ def test_derived_effects_equal_a_recomputation_however_the_rows_arrive(tmp_path)
     world.write_scores(world.classifiers[0], [i.image_id for i in world.images] + scorable[: len(scorable) // 2])
     world.write_edits(plans[half:])
     world.write_scores(world.classifiers[0], scorable[len(scorable) // 2:] + [r.edit_id for r in plans[half:] if r.status == "ok"])
-    assert store.verify_effects() == {"effect_images": 0, "effect_nodes": 0, "effect_pairs": 0}
+    assert store.verify_effects() == {"effect_images": 0, "effect_nodes": 0, "effect_pairs": 0, "side_effects": 0}
     # 2. a first embedder judges most single edits; classifier b scores a random 80% of edits
     singles = [r.edit_id for r in plans if r.kind == "single" and r.status == "ok"]
     world.write_verdicts("emb-1", singles[: int(len(singles) * 0.9)])
@@ -202,7 +202,7 @@ def test_derived_effects_equal_a_recomputation_however_the_rows_arrive(tmp_path)
     for e in reused:
         world.edits[e]["nodes"].add(bushy)
 
-    assert store.verify_effects() == {"effect_images": 0, "effect_nodes": 0, "effect_pairs": 0}
+    assert store.verify_effects() == {"effect_images": 0, "effect_nodes": 0, "effect_pairs": 0, "side_effects": 0}
     _check_node_effects(world)
     # invalid edits were really excluded, and both directions and classifiers are covered
     keys = set(world.node_effects(False))
@@ -318,7 +318,7 @@ def test_effects_survive_a_migration_from_schema_3(tmp_path):
     con.close()
 
     store = Store.open(db)
-    assert store.verify_effects() == {"effect_images": 0, "effect_nodes": 0, "effect_pairs": 0}
+    assert store.verify_effects() == {"effect_images": 0, "effect_nodes": 0, "effect_pairs": 0, "side_effects": 0}
     for name, sql in queries.items():
         cur = store.con.execute(sql)
         cols = [d[0] for d in cur.description]

@@ -236,7 +236,7 @@ def test_drifting_effect_tables_are_rebuilt(db, cli_run):
     code, report = verify_cli(cli_run, db)
     eff = checks(report)["effect tables"]
     assert code == 1 and eff["status"] == "problem" and eff["count"] == n_nodes > 0
-    assert eff["detail"] == f"0 effect_images rows and {n_nodes} effect_nodes rows and 0 effect_pairs rows differ from a recomputation; --repair rebuilds them"
+    assert eff["detail"] == f"0 effect_images rows and {n_nodes} effect_nodes rows and 0 effect_pairs rows and 0 side-effect count rows differ from a recomputation; --repair rebuilds them"
     assert snapshot(db.parent) == before  # a plain verify leaves the damaged file as it was
     code, report = verify_cli(cli_run, db, "--repair")
     assert code == 0 and checks(report)["effect tables"]["status"] == "repaired"

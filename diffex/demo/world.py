@@ -136,16 +136,30 @@ class FaceSpec:
     seed: int
     attrs: dict[str, str] = field(default_factory=dict)
     age: str = "young"
+    # Leaves drawn over their slot's own (a misbehaving editor's side effects: a top hat drawn
+    # with a beanie); only objects (OPTIONAL_SLOTS) layer. Empty for every face the world samples.
+    extras: tuple[str, ...] = ()
 
     def with_attr(self, slot: str, value: str) -> "FaceSpec":
         if slot == "age":
             return replace(self, age=value)
         return replace(self, attrs={**self.attrs, slot: value})
 
+    def with_extra(self, leaf: str) -> "FaceSpec":
+        """`leaf` added on top of whatever its slot holds (set as the slot's value when that
+        slot is empty, cannot layer, or already holds it)."""
+        slot = _INDEX[leaf][0]
+        current = self.attrs.get(slot)
+        if current in ("none", leaf) or slot not in OPTIONAL_SLOTS:
+            return self.with_attr(slot, leaf)
+        return self if leaf in self.extras else replace(self, extras=self.extras + (leaf,))
+
     def to_json(self) -> str:
-        return json.dumps({"world_version": WORLD_VERSION, "seed": self.seed,
-                           "attrs": {s: self.attrs[s] for s in SLOTS}, "age": self.age},
-                          sort_keys=True)
+        data = {"world_version": WORLD_VERSION, "seed": self.seed,
+                "attrs": {s: self.attrs[s] for s in SLOTS}, "age": self.age}
+        if self.extras:  # absent otherwise, so every plain face keeps its bytes
+            data["extras"] = list(self.extras)
+        return json.dumps(data, sort_keys=True)
 
 
 def _check_spec(spec: FaceSpec) -> None:
@@ -157,6 +171,17 @@ def _check_spec(spec: FaceSpec) -> None:
             raise DiffexError(f"demo face slot {slot!r} has {value!r}; valid: {', '.join(allowed)}")
     if spec.age not in AGES:
         raise DiffexError(f"demo face age {spec.age!r}; valid: {', '.join(AGES)}")
+    for leaf in spec.extras:
+        if leaf not in ALL_LEAVES or _INDEX[leaf][0] not in OPTIONAL_SLOTS:
+            raise DiffexError(f"demo face extra {leaf!r} is not a leaf of {', '.join(OPTIONAL_SLOTS)}")
+
+
+HAT_PERCH = (0.8, -10.0)  # (scale, shift up) of a second hat
+
+
+def _layers(spec: FaceSpec, slot: str) -> list[str]:
+    """What to draw in `slot`, bottom first: its value, then any extras of that slot."""
+    return [spec.attrs[slot]] + [x for x in spec.extras if _INDEX[x][0] == slot]
 
 
 def _pick(rng: random.Random, weights: Mapping[str, float]) -> str:
@@ -328,20 +353,20 @@ def render(spec: FaceSpec) -> Image.Image:
             pen.line([(side * 10.5, -2.5), (side * 13, -2)], fill=line, width=0.7)
 
     # 3. facial hair that lies under the mouth
-    fh = a["facial hair"]
-    if fh == "full beard":
-        pen.chord((-16.3, -14, 16.3, 23), 0, 180, fill=beard)
-        pen.ellipse((-7, 6, 7, 15), fill=skin)
-    elif fh == "goatee":
-        pen.poly([(-4, 13.5), (4, 13.5), (3.2, 18), (0.8, 22.5), (-0.8, 22.5), (-3.2, 18)], fill=beard)
-    elif fh == "stubble":
-        for u, v in j.stubble:
-            y = 4.5 + v * 15
-            half = 15.5 * (1 - ((y - 0) / 20.5) ** 2) ** 0.5
-            x = u * half
-            if abs(x) < 5.5 and 6 < y < 14:
-                continue  # keep the mouth clear
-            pen.ellipse((x - 0.5, y - 0.5, x + 0.5, y + 0.5), fill=beard)
+    for fh in _layers(spec, "facial hair"):
+        if fh == "full beard":
+            pen.chord((-16.3, -14, 16.3, 23), 0, 180, fill=beard)
+            pen.ellipse((-7, 6, 7, 15), fill=skin)
+        elif fh == "goatee":
+            pen.poly([(-4, 13.5), (4, 13.5), (3.2, 18), (0.8, 22.5), (-0.8, 22.5), (-3.2, 18)], fill=beard)
+        elif fh == "stubble":
+            for u, v in j.stubble:
+                y = 4.5 + v * 15
+                half = 15.5 * (1 - ((y - 0) / 20.5) ** 2) ** 0.5
+                x = u * half
+                if abs(x) < 5.5 and 6 < y < 14:
+                    continue  # keep the mouth clear
+                pen.ellipse((x - 0.5, y - 0.5, x + 0.5, y + 0.5), fill=beard)
 
     # 4. eyes, brows, nose
     expr = a["expression"]
@@ -372,53 +397,56 @@ def render(spec: FaceSpec) -> Image.Image:
         pen.line([(-4, 10), (4, 10)], fill=dark_red, width=1.2)
 
     # 6. mustaches above the mouth
-    if fh == "handlebar mustache":
-        pen.poly([(-5.5, 6.2), (0, 5.4), (5.5, 6.2), (6.5, 8.2), (0, 7.4), (-6.5, 8.2)], fill=beard)
-        for side in (-1, 1):
-            pen.arc((side * 8 - 2.2, 3.6, side * 8 + 2.2, 8.4), 0 if side > 0 else 90, 90 if side > 0 else 180,
-                    fill=beard, width=1.4)
-    elif fh == "pencil mustache":
-        pen.line([(-4.2, 6.6), (4.2, 6.6)], fill=beard, width=0.8)
+    for fh in _layers(spec, "facial hair"):
+        if fh == "handlebar mustache":
+            pen.poly([(-5.5, 6.2), (0, 5.4), (5.5, 6.2), (6.5, 8.2), (0, 7.4), (-6.5, 8.2)], fill=beard)
+            for side in (-1, 1):
+                pen.arc((side * 8 - 2.2, 3.6, side * 8 + 2.2, 8.4), 0 if side > 0 else 90, 90 if side > 0 else 180,
+                        fill=beard, width=1.4)
+        elif fh == "pencil mustache":
+            pen.line([(-4.2, 6.6), (4.2, 6.6)], fill=beard, width=0.8)
 
     # 7. eyewear
-    ew = a["eyewear"]
-    if ew == "round glasses":
-        for side in (-1, 1):
-            pen.ellipse((side * 6.5 - 4, -7, side * 6.5 + 4, 1), outline=j.frame, width=0.9)
-        pen.arc((-2.8, -4.5, 2.8, -1.5), 200, 340, fill=j.frame, width=0.9)
-    elif ew == "square glasses":
-        for side in (-1, 1):
-            pen.rect((side * 6.5 - 5, -6, side * 6.5 + 5, 0.2), outline=j.frame, width=1.3)
-        pen.line([(-1.5, -4), (1.5, -4)], fill=j.frame, width=1.3)
-        pen.line([(-11.5, -5), (-15.5, -5.5)], fill=j.frame, width=1.0)
-        pen.line([(11.5, -5), (15.5, -5.5)], fill=j.frame, width=1.0)
-    elif ew == "sunglasses":
-        for side in (-1, 1):
-            pen.rect((side * 6.5 - 5, -6, side * 6.5 + 5, -0.3), fill=(22, 22, 30), radius=2)
-            pen.line([(side * 6.5 - 3, -4.5), (side * 6.5 - 1, -5.2)], fill=(110, 110, 130), width=0.6)
-        pen.line([(-1.5, -4.5), (1.5, -4.5)], fill=(22, 22, 30), width=1.2)
+    for ew in _layers(spec, "eyewear"):
+        if ew == "round glasses":
+            for side in (-1, 1):
+                pen.ellipse((side * 6.5 - 4, -7, side * 6.5 + 4, 1), outline=j.frame, width=0.9)
+            pen.arc((-2.8, -4.5, 2.8, -1.5), 200, 340, fill=j.frame, width=0.9)
+        elif ew == "square glasses":
+            for side in (-1, 1):
+                pen.rect((side * 6.5 - 5, -6, side * 6.5 + 5, 0.2), outline=j.frame, width=1.3)
+            pen.line([(-1.5, -4), (1.5, -4)], fill=j.frame, width=1.3)
+            pen.line([(-11.5, -5), (-15.5, -5.5)], fill=j.frame, width=1.0)
+            pen.line([(11.5, -5), (15.5, -5.5)], fill=j.frame, width=1.0)
+        elif ew == "sunglasses":
+            for side in (-1, 1):
+                pen.rect((side * 6.5 - 5, -6, side * 6.5 + 5, -0.3), fill=(22, 22, 30), radius=2)
+                pen.line([(side * 6.5 - 3, -4.5), (side * 6.5 - 1, -5.2)], fill=(110, 110, 130), width=0.6)
+            pen.line([(-1.5, -4.5), (1.5, -4.5)], fill=(22, 22, 30), width=1.2)
 
     # 8. headwear: sits above the hairline, so it hides hair but never the forehead lines
-    hw = a["headwear"]
-    if hw == "top hat":
-        pen.rect((-11, -32, 11, -16.5), fill=(24, 22, 26))
-        pen.rect((-11, -20.5, 11, -17.5), fill=j.band)
-        pen.rect((-19, -17.5, 19, -15.2), fill=(24, 22, 26), radius=1)
-    elif hw == "cap":
-        pen.chord((-17.8, -28, 17.8, -8), 180, 360, fill=j.hat)
-        pen.rect((-17.8, -18.5, 17.8, -15.3), fill=j.hat)
-        # the visor juts out to one side, which tells a cap from a beanie at 64 px
-        visor = (2, -18.6, 27, -14.6) if j.cap_side > 0 else (-27, -18.6, -2, -14.6)
-        pen.ellipse(visor, fill=_scale(j.hat, 0.7))
-    elif hw == "beanie":
-        pen.chord((-18, -29, 18, -10), 180, 360, fill=j.hat)
-        pen.rect((-18.5, -20, 18.5, -15.2), fill=_scale(j.hat, 0.8), radius=1.5)
-        for x in range(-15, 16, 3):
-            pen.line([(x, -19.5), (x, -15.8)], fill=_scale(j.hat, 0.6), width=0.5)
-        pen.ellipse((-3, -32.5, 3, -26.5), fill=_scale(j.hat, 1.25))
-    elif hw == "headband":
-        pen.rect((-17.6, -19.2, 17.6, -15.6), fill=j.band, radius=1.5)
-        pen.line([(-17, -17.4), (17, -17.4)], fill=(255, 255, 255), width=0.6)
+    for k, hw in enumerate(_layers(spec, "headwear")):
+        if k:  # a second hat perches on the first, smaller, so both show
+            pen = _Pen(pen.d, pen.cx, pen.cy + HAT_PERCH[1] * pen.s, pen.s * HAT_PERCH[0])
+        if hw == "top hat":
+            pen.rect((-11, -32, 11, -16.5), fill=(24, 22, 26))
+            pen.rect((-11, -20.5, 11, -17.5), fill=j.band)
+            pen.rect((-19, -17.5, 19, -15.2), fill=(24, 22, 26), radius=1)
+        elif hw == "cap":
+            pen.chord((-17.8, -28, 17.8, -8), 180, 360, fill=j.hat)
+            pen.rect((-17.8, -18.5, 17.8, -15.3), fill=j.hat)
+            # the visor juts out to one side, which tells a cap from a beanie at 64 px
+            visor = (2, -18.6, 27, -14.6) if j.cap_side > 0 else (-27, -18.6, -2, -14.6)
+            pen.ellipse(visor, fill=_scale(j.hat, 0.7))
+        elif hw == "beanie":
+            pen.chord((-18, -29, 18, -10), 180, 360, fill=j.hat)
+            pen.rect((-18.5, -20, 18.5, -15.2), fill=_scale(j.hat, 0.8), radius=1.5)
+            for x in range(-15, 16, 3):
+                pen.line([(x, -19.5), (x, -15.8)], fill=_scale(j.hat, 0.6), width=0.5)
+            pen.ellipse((-3, -32.5, 3, -26.5), fill=_scale(j.hat, 1.25))
+        elif hw == "headband":
+            pen.rect((-17.6, -19.2, 17.6, -15.6), fill=j.band, radius=1.5)
+            pen.line([(-17, -17.4), (17, -17.4)], fill=(255, 255, 255), width=0.6)
 
     out = img.reduce(_SS)
     out.info[METADATA_KEY] = spec.to_json()
@@ -457,7 +485,8 @@ def spec_from_image(image: Image.Image) -> FaceSpec | None:
         raise DiffexError(f"demo image drawn by world {version!r}; "
                           f"this diffex draws {WORLD_VERSION!r}: regenerate it with `diffex demo`")
     try:
-        spec = FaceSpec(seed=int(data["seed"]), attrs=dict(data["attrs"]), age=data["age"])
+        spec = FaceSpec(seed=int(data["seed"]), attrs=dict(data["attrs"]), age=data["age"],
+                        extras=tuple(data.get("extras", ())))
     except (KeyError, TypeError, ValueError) as exc:
         raise DiffexError(f"the {METADATA_KEY} metadata of this image is damaged ({type(exc).__name__}: {exc})") from None
     _check_spec(spec)

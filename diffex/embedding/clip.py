@@ -16,7 +16,7 @@ from PIL import Image
 from .. import models, specs
 from ..errors import DiffexError
 from ..hashing import hash_json, hash_tensors
-from .base import DEFAULT_VALIDITY_THRESHOLD, Embedder
+from .base import DEFAULT_VALIDITY_THRESHOLD, Embedder, side_effect_calibration
 from .clip_text import remember_embedder_id
 
 DEMO_CLIP_DIR = Path(__file__).resolve().parents[1] / "demo" / "clip"
@@ -45,6 +45,7 @@ class ClipEmbedder(Embedder):
         self.max_length = int(min(getattr(self.tokenizer, "model_max_length", 77) or 77, text_cfg.max_position_embeddings))
         _check_eos(self.model, self.tokenizer, model_id_or_path)
         self.validity_threshold = _calibrated_threshold(self.path)
+        self.side_effect_threshold, self.side_effect_thresholds = _calibrated_side_effects(self.path)
         self._id: str | None = None
 
     @property
@@ -130,6 +131,14 @@ def _check_eos(model, tokenizer, source: str) -> None:
             "transformers would pool text at the highest token id instead of at EOS; set text_config.eos_token_id "
             f"to {tok_eos} in config.json"
         )
+
+
+def _calibrated_side_effects(directory: Path) -> tuple[float, dict[str, float]]:
+    path = directory / CALIBRATION_FILE
+    try:
+        return side_effect_calibration(json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {})
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise DiffexError(f"bad calibration file {path}: {exc}") from None
 
 
 def _calibrated_threshold(directory: Path) -> float:

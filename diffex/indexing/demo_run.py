@@ -46,15 +46,17 @@ def run_demo(
     samples: int = 2,
     k: int = 5,
     progress: bool = False,
+    editor: str = "demo",
     **index_options: Any,
 ) -> dict[str, Any]:
-    """Index the demo world (whole tree, beam 0) and return the ranking with the ground truth."""
+    """Index the demo world (whole tree, beam 0) and return the ranking with the ground truth.
+    editor: `demo`, or the demo editor with misbehaviour options (`demo?entangle=...`)."""
     db = Path(db)
     check_db_path(db, read_only=False)  # before writing images beside it
     version = classifier.split(":", 1)[1]
     truth = ground_truth()[version]
     inputs = prepare_inputs(db, n_images)
-    stats = run_index(db, [str(p) for p in inputs.images], inputs.taxonomy, classifier, "demo", beam=0, samples=samples,
+    stats = run_index(db, [str(p) for p in inputs.images], inputs.taxonomy, classifier, editor, beam=0, samples=samples,
                       classes=[truth["class"]], progress=progress,
                       # the shipped demo CLIP: vectors for `diffex search`, and edit validity
                       **{"embedder": "demo", **index_options})

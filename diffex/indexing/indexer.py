@@ -19,6 +19,7 @@ from ..scoring.stage import ensure_scores
 from ..editing.stage import EditRequest, baseline_request, ensure_edits
 from ..editing import Editor, load_editor
 from ..embedding.stage import TextTemplates, embed_nodes, ensure_embeddings, ensure_validity
+from ..embedding.side_effects import ensure_side_effects  # issue 13
 from ..embedding import load_embedder
 from ..errors import DiffexError
 from ..images import read_images
@@ -347,3 +348,5 @@ class _Run:
                 store, self.emb, [(eid, "edit", load) for eid, load in loads.items()], self.progress_bar, self.executor)
             stats.edits_invalid += ensure_validity(store, self.emb, edit_ids, self.templates,
                                                    self.opts.validity_threshold).invalid
+            # issue 13: what else each edit changed, against the taxonomy's leaves and top-level groups
+            ensure_side_effects(store, self.emb, edit_ids, self.tax.nodes, self.templates)

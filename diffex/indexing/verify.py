@@ -317,8 +317,9 @@ def _vector_checks(store: Store, embedders: list[dict], repair: bool) -> list[Ch
 def _effects_check(drift: dict[str, int], repair: bool) -> CheckResult:
     found = sum(drift.values())
     return _result("effect tables", found, found if repair else 0,
-                   "effect_images, effect_nodes and effect_pairs equal a recomputation from the rows",
+                   "effect_images, effect_nodes, effect_pairs and the side-effect counts equal a recomputation from the rows",
                    f"{drift['effect_images']} effect_images rows and {drift['effect_nodes']} effect_nodes rows "
-                   f"and {drift.get('effect_pairs', 0)} effect_pairs rows differ "
+                   f"and {drift.get('effect_pairs', 0)} effect_pairs rows "
+                   f"and {drift.get('side_effects', 0)} side-effect count rows differ "
                    "from a recomputation" + ("; rebuilt" if repair else "; --repair rebuilds them"),
                    [f"{t}: {n}" for t, n in drift.items() if n])

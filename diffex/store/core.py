@@ -186,9 +186,9 @@ class Store(Writes, EffectReads, EmbeddingRows, UserReads, ReportReads):
                     )
             else:
                 before = migrate.migrate(con)
-                if before is not None and before < 4:
+                if before is not None and before < 5:
                     with store.transaction():
-                        derived.rebuild(con)  # v4 added the derived tables: fill them once
+                        derived.rebuild(con)  # v4 added the derived tables, v5 their clean/side-effect parts: fill them once
 
     # ------------------------------------------------------------------ the connection
     @property

@@ -14,11 +14,12 @@ from typing import Iterable
 
 # effect_nodes columns that are sums (all but the key); the upsert adds the difference.
 _SUMS = ("v_images", "v_edits", "v_sum", "v_sumsq", "v_sum_logit", "v_up", "v_down",
-         "a_images", "a_edits", "a_sum", "a_sumsq", "a_sum_logit", "a_up", "a_down", "n_invalid")
+         "a_images", "a_edits", "a_sum", "a_sumsq", "a_sum_logit", "a_up", "a_down", "n_invalid",
+         "c_images", "c_edits", "c_sum", "c_sumsq", "s_corr")
 _KEY = ("classifier_key", "editor_key", "node_key", "direction", "class_index")
 _IMAGE_KEY = _KEY[:4] + ("image_key", "class_index")
-_IMAGE_VALUES = ("prob_baseline", "valid_prob", "valid_logit", "all_prob", "all_logit")
-_IMAGE_EXACT = ("n_valid", "n_all", "edits_fp")
+_IMAGE_VALUES = ("prob_baseline", "valid_prob", "valid_logit", "all_prob", "all_logit", "clean_prob", "side_corr")
+_IMAGE_EXACT = ("n_valid", "n_all", "edits_fp", "n_clean")
 
 _NODE_SUMS = f"""
 SELECT classifier_key, editor_key, node_key, direction, class_index,
@@ -36,7 +37,12 @@ SELECT classifier_key, editor_key, node_key, direction, class_index,
        coalesce(sum(sign * all_logit), 0) AS a_sum_logit,
        coalesce(sum(sign) FILTER (WHERE all_prob > 0), 0) AS a_up,
        coalesce(sum(sign) FILTER (WHERE all_prob < 0), 0) AS a_down,
-       coalesce(sum(sign * (n_all - n_valid)), 0) AS n_invalid
+       coalesce(sum(sign * (n_all - n_valid)), 0) AS n_invalid,
+       coalesce(sum(sign) FILTER (WHERE clean_prob IS NOT NULL), 0) AS c_images,
+       coalesce(sum(sign * n_clean), 0) AS c_edits,
+       coalesce(sum(sign * clean_prob), 0) AS c_sum,
+       coalesce(sum(sign * clean_prob * clean_prob), 0) AS c_sumsq,
+       coalesce(sum(sign * side_corr) FILTER (WHERE valid_prob IS NOT NULL), 0) AS s_corr
 FROM {{rows}}
 GROUP BY {", ".join(_KEY)}"""
 
@@ -83,6 +89,47 @@ SELECT DISTINCT a.classifier_key, b.classifier_key, a.editor_key, a.node_key, a.
 {{paired}} AND NOT {_SAME}"""
 
 
+# v5: side-effect counts (side_effect_images / side_effect_nodes): not per classifier, so a
+# refresh for new scores alone leaves them be.
+_SIDE_KEY = ("editor_key", "node_key", "direction", "side_key")
+_SIDE_IMAGE_KEY = ("editor_key", "node_key", "direction", "image_key", "side_key")
+_SIDE_SUMS = ("n_edits", "n_images")
+_SIDE_NODE_SUMS = """
+SELECT editor_key, node_key, direction, side_key,
+       coalesce(sum(sign * n_edits), 0) AS n_edits, coalesce(sum(sign), 0) AS n_images
+FROM {rows}
+GROUP BY ALL"""
+# the most frequent side concept per (editor, node, direction) of side_effect_nodes
+_CONFOUNDS = """
+SELECT c.editor_key, c.node_key, c.direction, c.n_edits AS n_checked,
+       arg_min(sn.label, (-s.n_edits, -sn.depth, sn.label)) AS side_label, coalesce(max(s.n_edits), 0) AS n_side
+FROM side_effect_nodes c
+LEFT JOIN side_effect_nodes s ON s.editor_key = c.editor_key AND s.node_key = c.node_key
+                             AND s.direction = c.direction AND s.side_key <> 0
+LEFT JOIN nodes sn ON sn.node_key = s.side_key
+WHERE c.side_key = 0 AND c.n_edits > 0 {where}
+GROUP BY ALL"""
+
+
+def _refresh_side(con, keys: list[int], in_keys: str) -> None:
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _side_old AS SELECT * FROM side_effect_images WHERE {in_keys}")
+    con.execute(f"DELETE FROM side_effect_images WHERE {in_keys}")
+    con.execute(f"INSERT INTO side_effect_images SELECT * FROM side_effect_images_for([{', '.join(map(str, keys))}])")
+    rows = (f"(SELECT *, 1 AS sign FROM side_effect_images WHERE {in_keys} "
+            "UNION ALL SELECT *, -1 AS sign FROM _side_old)")
+    _add(con, "side_effect_nodes", _SIDE_KEY, _SIDE_SUMS, _SIDE_NODE_SUMS.format(rows=rows), None)
+    con.execute("DELETE FROM side_effect_nodes WHERE n_images = 0")
+    # the touched nodes' confound rows, recomputed from their (small) side_effect_nodes rows
+    touched = ("AND (c.editor_key, c.node_key, c.direction) IN "
+               "(SELECT DISTINCT editor_key, node_key, direction FROM _side_touched)")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _side_touched AS SELECT editor_key, node_key, direction FROM {rows}")
+    con.execute("DELETE FROM confound_nodes WHERE (editor_key, node_key, direction) IN "
+                "(SELECT DISTINCT editor_key, node_key, direction FROM _side_touched)")
+    con.execute("INSERT INTO confound_nodes " + _CONFOUNDS.format(where=touched))
+    con.execute("DROP TABLE _side_touched")
+    con.execute("DROP TABLE _side_old")
+
+
 def refresh(con, image_keys: Iterable[int], classifier_key: int | None = None) -> None:
     """Recompute the effect rows of these images (only one classifier's, when only its scores
     changed) and move the node and pair sums by the difference. Call inside the transaction
@@ -100,6 +147,8 @@ def refresh(con, image_keys: Iterable[int], classifier_key: int | None = None) -
     rows = (f"(SELECT *, 1 AS sign FROM effect_images WHERE {in_keys}{only} "
             "UNION ALL SELECT *, -1 AS sign FROM _effect_old)")
     _add_node_sums(con, _NODE_SUMS.format(rows=rows), None)
+    if classifier_key is None:
+        _refresh_side(con, keys, in_keys)
     if con.execute("SELECT count(*) FROM classifiers").fetchone()[0] > 1:  # pairs need two
         # the changed rows (new +1, old -1), and the other classifiers' rows of these images
         # once with each sign: pairs of changed with unchanged rows move by new - old, pairs of
@@ -120,8 +169,12 @@ def refresh(con, image_keys: Iterable[int], classifier_key: int | None = None) -
 
 def rebuild(con) -> None:
     """Recompute both tables from the source rows (after a migration, or `verify --repair`)."""
-    for table in ("effect_images", "effect_nodes", "effect_pairs", "effect_pair_differing"):
+    for table in ("effect_images", "effect_nodes", "effect_pairs", "effect_pair_differing",
+                  "side_effect_images", "side_effect_nodes", "confound_nodes"):
         con.execute(f"DELETE FROM {table}")
+    con.execute("INSERT INTO side_effect_images SELECT * FROM side_effect_images_for(NULL)")
+    con.execute("INSERT INTO side_effect_nodes " + _SIDE_NODE_SUMS.format(rows="(SELECT *, 1 AS sign FROM side_effect_images)"))
+    con.execute("INSERT INTO confound_nodes " + _CONFOUNDS.format(where=""))
     con.execute("INSERT INTO effect_images SELECT * FROM effect_images_for(NULL)")
     all_rows = "(SELECT *, 1 AS sign FROM effect_images)"
     _add_node_sums(con, _NODE_SUMS.format(rows=all_rows), None)
@@ -173,10 +226,21 @@ def drift(con, tolerance: float = 1e-9) -> dict[str, int]:
         pair_drift += con.execute(
             "SELECT count(*) FROM (SELECT * FROM effect_pair_differing EXCEPT ALL SELECT * FROM _differing_truth "
             "UNION ALL (SELECT * FROM _differing_truth EXCEPT ALL SELECT * FROM effect_pair_differing))").fetchone()[0]
+        con.execute("CREATE OR REPLACE TEMP TABLE _side_truth AS SELECT * FROM side_effect_images_for(NULL)")
+        side_drift = _count_drift(con, "side_effect_images", "_side_truth", _SIDE_IMAGE_KEY, (), ("n_edits",), tolerance)
+        con.execute("CREATE OR REPLACE TEMP TABLE _side_node_truth AS "
+                    + _SIDE_NODE_SUMS.format(rows="(SELECT *, 1 AS sign FROM _side_truth)"))
+        side_drift += _count_drift(con, "side_effect_nodes", "_side_node_truth", _SIDE_KEY, (), _SIDE_SUMS, tolerance)
+        # confound_nodes against a recomputation from the stored (just checked) node counts
+        side_drift += con.execute(
+            "SELECT count(*) FROM (SELECT * FROM confound_nodes EXCEPT ALL (" + _CONFOUNDS.format(where="") + ") "
+            "UNION ALL ((" + _CONFOUNDS.format(where="") + ") EXCEPT ALL SELECT * FROM confound_nodes))").fetchone()[0]
     finally:
-        for table in ("_effect_truth", "_truth_named", "_node_truth", "_pair_truth", "_differing_truth"):
+        for table in ("_effect_truth", "_truth_named", "_node_truth", "_pair_truth", "_differing_truth",
+                      "_side_truth", "_side_node_truth"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
-    return {"effect_images": image_drift, "effect_nodes": node_drift, "effect_pairs": pair_drift}
+    return {"effect_images": image_drift, "effect_nodes": node_drift, "effect_pairs": pair_drift,
+            "side_effects": side_drift}
 
 
 def _count_drift(con, stored: str, truth: str, key, values, exact, tolerance: float) -> int:

@@ -162,6 +162,42 @@ class EmbeddingRows:
                                       [list(cols[0])]).fetchall()
             self.refresh_effects(r[0] for r in images)
 
+    # ---- side effects (issue 13; diffex/embedding/side_effects.py computes them)
+    def side_checked(self, embedder_id: str, edit_ids: Sequence[str]) -> dict[str, str | None]:
+        """{edit id: side_fp} of the edits among `edit_ids` this embedder judged (None: not checked)."""
+        if not edit_ids:
+            return {}
+        rows = self.con.execute("SELECT edit_id, side_fp FROM edit_validity WHERE embedder_id = ? AND edit_id IN (SELECT unnest(?))",
+                                [embedder_id, list(edit_ids)]).fetchall()
+        return dict(rows)
+
+    def add_side_effects(self, embedder_id: str, side_fp: str, edit_ids: Sequence[str],
+                         rows: Sequence[tuple[str, str, float, float]]) -> None:
+        """Replace the side effects of `edit_ids` (which must have validity rows of this embedder)
+        by `rows` (edit_id, node_id, direction_sim, threshold) and mark them checked against side_fp."""
+        if not edit_ids:
+            return
+        with self.transaction():
+            keys = self._keys("edits", "edit_id", "edit_key", list(edit_ids))
+            nodes = self._keys("nodes", "node_id", "node_key", sorted({r[1] for r in rows}))
+            self.con.execute("DELETE FROM edit_side_effects WHERE embedder_id = ? AND edit_key IN (SELECT unnest(?))",
+                             [embedder_id, list(keys.values())])
+            if rows:
+                self.con.execute("INSERT INTO edit_side_effects SELECT ?, unnest(?), unnest(?), unnest(?), unnest(?)",
+                                 [embedder_id, [keys[r[0]] for r in rows], [nodes[r[1]] for r in rows],
+                                  [float(r[2]) for r in rows], [float(r[3]) for r in rows]])
+            self.con.execute("UPDATE edit_validity SET side_fp = ? WHERE embedder_id = ? AND edit_id IN (SELECT unnest(?))",
+                             [side_fp, embedder_id, list(edit_ids)])
+            self.refresh_effects(self._image_keys_of_items(list(keys.values())))
+    def edit_node_paths(self, edit_ids: Sequence[str]) -> dict[str, list[tuple[str, ...]]]:
+        """{edit id: paths (label tuples) of the nodes it was made for}."""
+        if not edit_ids:
+            return {}
+        rows = self.con.execute("SELECT en.edit_id, list(n.path) FROM edit_nodes en JOIN nodes n ON n.node_id = en.node_id "
+                                "WHERE en.edit_id IN (SELECT unnest(?)) GROUP BY en.edit_id", [list(edit_ids)]).fetchall()
+        return {r[0]: [tuple(p.split(" > ")) for p in r[1]] for r in rows}
+    # ---- end side effects
+
     def edit_concepts(self, edit_ids: Sequence[str]) -> dict[str, list[str]]:
         """{edit id: prompts of the nodes it was made for and of all their descendants}: a group
         edit ("beard") shows one of its subtypes, so any of them is evidence that it worked."""

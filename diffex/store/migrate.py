@@ -61,11 +61,9 @@ def migrate(con) -> int | None:
     else:
         steps = migrations()
         while version < target:
-            # the next numbered file above `version`: numbers are reserved per branch (0005 side
-            # effects, 0006 schedules), so a branch may lack one below its own; merged, none is skipped
-            nxt = min((v for v in steps if v > version), default=None)
-            if nxt is None:
-                raise DiffexError(f"no migration from schema version {version} to {target}")
+            nxt = version + 1
+            if nxt not in steps:
+                raise DiffexError(f"no migration from schema version {version} to {nxt}")
             _in_transaction(con, steps[nxt])
             got = database_version(con)
             if got != nxt:

@@ -1,7 +1,7 @@
--- v4/v5 -> v6: what an index run's schedule drew per node and why it stopped (issue 12;
+-- v5 -> v6: what an index run's schedule drew per node and why it stopped (issue 12;
 -- diffex/analysis/adaptive.py). Every drawn edit is stored as any edit is; this table only says
 -- how many samples the schedule gave each node and its stop reason, so an answer from an
--- adaptive run can be read with its evidence. (0005 is side effects, on its own branch.)
+-- adaptive run can be read with its evidence.
 CREATE TABLE schedule_nodes (
     run_id          VARCHAR NOT NULL,
     classifier_key  INTEGER NOT NULL,
