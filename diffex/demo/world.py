@@ -1,5 +1,6 @@
 """A procedural world of 64x64 cartoon faces whose attributes form a semantic hierarchy.
-(One file of ~480 lines on purpose: the drawing, the spec and its PNG encoding must change together.)
+(One file of ~500 lines on purpose: the drawing, the spec (with the extra objects a misbehaving
+editor adds) and its PNG encoding must change together.)
 
 Every face is a `FaceSpec` (an image seed plus one leaf label, or "none", per slot, and an
 age); `render` draws it deterministically and embeds the spec in the PNG, which is what
