@@ -10,7 +10,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from diffex.types import Concept
+
+# the concepts and the pixel comparison both diffusers editors' tests use
+BEARD = Concept("beard", "add")
+NO_BEARD = Concept("beard", "remove")
+HAT = Concept("hat", "add")
+
+
+def pixel_bytes(image) -> bytes:
+    return np.asarray(image).tobytes()
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():

@@ -18,16 +18,10 @@ from diffex.editing.ip2p import instruction  # noqa: E402
 from diffex.errors import DiffexError  # noqa: E402
 from diffex.types import Concept  # noqa: E402
 
-from ledits_fixtures import build_tiny_ip2p, one_torch_thread  # noqa: E402,F401 (autouse)
+from ledits_fixtures import BEARD, HAT, NO_BEARD, build_tiny_ip2p, one_torch_thread  # noqa: E402,F401 (autouse)
+from ledits_fixtures import pixel_bytes as _bytes  # noqa: E402
 
 OPTIONS = "?size=64&steps=2"
-BEARD = Concept("beard", "add")
-NO_BEARD = Concept("beard", "remove")
-HAT = Concept("hat", "add")
-
-
-def _bytes(image: Image.Image) -> bytes:
-    return np.asarray(image).tobytes()
 
 
 @pytest.fixture(scope="module")
