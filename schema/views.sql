@@ -315,6 +315,14 @@ CREATE OR REPLACE MACRO checked_class(cls, which) AS (
     WHERE c.classifier_id = p.classifier_id AND c.class_name = cls
 );
 
+-- The chosen classifier's integer key and the class's index (an error for an unknown
+-- classifier or class): what the effect tables are keyed by.
+CREATE OR REPLACE MACRO pick_class(target_class, which) AS TABLE
+SELECT k.classifier_key, k.classifier_id, c.class_index
+FROM pick_classifier(which) pc
+JOIN classifiers k ON k.classifier_id = pc.classifier_id
+JOIN classes c ON c.classifier_id = k.classifier_id AND c.class_name = checked_class(target_class, which);
+
 -- The image a macro talks about: its id, an id prefix (4+ characters), its path or its file
 -- name. No match, or several, is an error naming what matched.
 CREATE OR REPLACE MACRO pick_image(which) AS TABLE
@@ -414,11 +422,8 @@ ORDER BY t.sort_key;
 CREATE OR REPLACE MACRO image_explanation(image, target_class, classifier := NULL, edit_direction := 'add') AS TABLE
 WITH args AS (
     SELECT edit_direction AS want_direction, k.classifier_key AS want_classifier, k.classifier_id,
-           pi.image_key AS want_image, c.class_index AS want_class
-    FROM pick_classifier(classifier) pc
-    JOIN classifiers k ON k.classifier_id = pc.classifier_id
-    JOIN classes c ON c.classifier_id = k.classifier_id AND c.class_name = checked_class(target_class, classifier),
-    pick_image(image) pi
+           pi.image_key AS want_image, k.class_index AS want_class
+    FROM pick_class(target_class, classifier) k, pick_image(image) pi
 ), side AS (
     -- v5: this image's side effects per node: checked edits (side_key 0) and the most frequent side concept
     SELECT s.editor_key, s.node_key,
@@ -879,10 +884,8 @@ GROUP BY ALL;
 -- of valid edits in `edit_direction`), so a report can show the most affected images first.
 CREATE OR REPLACE MACRO report_images(target_class, classifier := NULL, edit_direction := 'add') AS TABLE
 WITH args AS (
-    SELECT k.classifier_key AS want_key, c.class_index AS want_index
-    FROM pick_classifier(classifier) pc
-    JOIN classifiers k ON k.classifier_id = pc.classifier_id
-    JOIN classes c ON c.classifier_id = k.classifier_id AND c.class_name = checked_class(target_class, classifier)
+    SELECT k.classifier_key AS want_key, k.class_index AS want_index
+    FROM pick_class(target_class, classifier) k
 ), strongest AS (
     SELECT x.image_key, x.editor_key, max(abs(x.valid_prob)) AS strongest_effect
     FROM effect_images x, args
@@ -907,10 +910,8 @@ ORDER BY st.strongest_effect DESC NULLS LAST, i.uri;
 -- of the edit under one classifier (NULL where it has no pixels or was not scored).
 CREATE OR REPLACE MACRO report_edits(target_class, node_ids, image_ids, classifier := NULL) AS TABLE
 WITH args AS (
-    SELECT k.classifier_key AS want_key, c.class_index AS want_index
-    FROM pick_classifier(classifier) pc
-    JOIN classifiers k ON k.classifier_id = pc.classifier_id
-    JOIN classes c ON c.classifier_id = k.classifier_id AND c.class_name = checked_class(target_class, classifier)
+    SELECT k.classifier_key AS want_key, k.class_index AS want_index
+    FROM pick_class(target_class, classifier) k
 ), e AS (
     SELECT x.edit_key, x.edit_id, x.image_id, x.editor_id, x.direction, x.seed, x.status, x.cache_path
     FROM edits x
