@@ -106,6 +106,13 @@ def test_search_command_prints_rows_with_node_and_delta(demo_db, cli_run):
     assert table.exit_code == 0 and len(table.output.strip().splitlines()) == 2 + 3
     bad = cli_run("search", "--db", db, "a face", "--class", "purple")
     assert bad.exit_code == 1 and "unknown class" in bad.output
+    neither = cli_run("search", "--db", db)
+    assert neither.exit_code == 2 and "--image or a query text: give exactly one" in neither.output
+    from diffex import DiffexError
+    from diffex.embedding.search import search
+
+    with pytest.raises(DiffexError, match=r"^image or a query text: give exactly one$"):  # library terms, no flag
+        search(db, text="a face", image=__file__)
 
 
 def test_image_search_table_names_each_image(demo_db, cli_run):

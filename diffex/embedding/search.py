@@ -98,7 +98,7 @@ def search(
     Opens the store read-only; raises DiffexError / UsageError."""
     # 1. check inputs
     if (text is None) == (image is None):
-        raise UsageError("give a query text or --image FILE (exactly one)")
+        raise OptionError("image", "or a query text: give exactly one")
     if text is not None and not str(text).strip():
         raise UsageError("empty query text")
     if kind not in KINDS:
