@@ -16,7 +16,8 @@ PACKAGE = Path(diffex.__file__).resolve().parent
 REPO = PACKAGE.parent
 
 # Lowest first; a module may import its own layer and the layers below, never one above.
-# The same table is drawn in docs/architecture.md. Patterns match dotted module names.
+# The same table is drawn in docs/architecture.md (a test keeps the two in step). Patterns match
+# dotted module names.
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", [r"diffex\.(errors|types|hashing|progress|images|specs|models|atomic|user_code)"]),
     ("backends", [r"diffex\.demo(\..*)?", r"diffex\.taxonomy", r"diffex\.taxonomy\.(tree|formats|answer|vlm.*)",
@@ -115,6 +116,13 @@ def wall_breaches(edges) -> list[str]:
 def test_every_library_module_has_a_layer():
     for module in library_modules():
         layer_of(module)
+
+
+def test_the_drawing_in_the_docs_has_these_layers_in_this_order():
+    """docs/architecture.md draws LAYERS top down; the two must not drift apart."""
+    drawing = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8").split("```")[1]
+    drawn = re.findall(r"^  ([a-z]+)\s{2,}\S", drawing, re.M)
+    assert drawn == [name for name, _ in reversed(LAYERS) if name != "front door"]
 
 
 def test_no_import_runs_back_up_the_layers():
