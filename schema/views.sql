@@ -237,7 +237,7 @@ WITH p AS (
            CASE WHEN include_invalid THEN a_sum_logit ELSE v_sum_logit END AS s1_logit,
            CASE WHEN include_invalid THEN a_up ELSE v_up END AS n_up,
            CASE WHEN include_invalid THEN a_down ELSE v_down END AS n_down,
-           v_images, v_sum, c_images, c_edits, c_sum, c_sumsq, s_corr
+           v_images, v_sum, c_images, c_edits, c_sum, c_sumsq, s_corr, side_w, side_wb, side_f
     FROM effect_nodes
     WHERE a_images > 0
 ), m AS (
@@ -263,14 +263,18 @@ SELECT k.classifier_id, classifier_label(k.spec, k.name, k.classifier_id) AS cla
        m.n_invalid::BIGINT AS n_invalid,
        -- v5 (issue 13): side effects. confounded_with names the side concept of at least
        -- confound_floor() of the node's checked edits; clean_*: over the edits with no side
-       -- effect; adjusted: the valid effect less what its side concepts do on their own.
+       -- effect; adjusted (v7): the valid effect less its side effects' share times their
+       -- effect in context, side_wb / side_w: the regression of an edit's change on "showed a
+       -- side effect" with image fixed effects, from images with edits both with and without
+       -- one; where there are none, less what the side concepts do on their own on each image.
        CASE WHEN cf.n_side >= confound_floor() * cf.n_checked THEN cf.side_label END AS confounded_with,
        cf.n_side / cf.n_checked AS confound_share,
        m.clean_mean AS clean_delta_prob,
        clip(m.clean_mean - t975(m.c_images - 1) * coalesce(m.clean_sd, 0) / sqrt(m.c_images), -1.0, 1.0) AS clean_ci_low,
        clip(m.clean_mean + t975(m.c_images - 1) * coalesce(m.clean_sd, 0) / sqrt(m.c_images), -1.0, 1.0) AS clean_ci_high,
        m.c_images AS clean_n_images, m.c_edits AS clean_n_edits,
-       CASE WHEN m.v_images > 0 THEN (m.v_sum - m.s_corr) / m.v_images END AS adjusted_delta_prob
+       CASE WHEN m.v_images > 0 AND m.side_w > 1e-9 THEN (m.v_sum - m.side_wb / m.side_w * m.side_f) / m.v_images
+            WHEN m.v_images > 0 THEN (m.v_sum - m.s_corr) / m.v_images END AS adjusted_delta_prob
 FROM m
 LEFT JOIN confound_nodes cf ON cf.editor_key = m.editor_key AND cf.node_key = m.node_key AND cf.direction = m.direction
 JOIN classifiers k ON k.classifier_key = m.classifier_key
@@ -440,7 +444,9 @@ SELECT row_number() OVER (ORDER BY abs(x.valid_prob) DESC, n.path) AS rank,
        CASE WHEN sd.n_top >= confound_floor() * sd.n_checked THEN sd.side_label END AS confounded_with,
        round(coalesce(sd.n_top, 0) / sd.n_checked, 3) AS confound_share,
        round(x.clean_prob, 4) AS clean_delta_prob, x.n_clean::BIGINT AS clean_n_edits,
-       round(x.valid_prob - x.side_corr, 4) AS adjusted_delta_prob
+       -- v7: on one image the regression's intercept is the mean of the edits without a side
+       -- effect; where every edit had one, the side concepts' own effect here is subtracted
+       round(CASE WHEN x.n_clean > 0 THEN x.clean_prob ELSE x.valid_prob - x.side_corr END, 4) AS adjusted_delta_prob
 FROM effect_images x
 JOIN args ON x.classifier_key = args.want_classifier
 JOIN nodes n ON n.node_key = x.node_key
