@@ -349,4 +349,6 @@ class _Run:
             stats.edits_invalid += ensure_validity(store, self.emb, edit_ids, self.templates,
                                                    self.opts.validity_threshold).invalid
             # issue 13: what else each edit changed, against the taxonomy's leaves and top-level groups
-            ensure_side_effects(store, self.emb, edit_ids, self.tax.nodes, self.templates)
+            side = ensure_side_effects(store, self.emb, edit_ids, self.tax.nodes, self.templates)
+            # an edit that showed its concept beside a side effect is valid after all
+            stats.edits_invalid = max(0, stats.edits_invalid - side.made_valid + side.made_invalid)

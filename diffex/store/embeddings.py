@@ -172,9 +172,12 @@ class EmbeddingRows:
         return dict(rows)
 
     def add_side_effects(self, embedder_id: str, side_fp: str, edit_ids: Sequence[str],
-                         rows: Sequence[tuple[str, str, float, float]]) -> None:
+                         rows: Sequence[tuple[str, str, float, float]],
+                         verdicts: Sequence[tuple[str, float, bool]] = ()) -> None:
         """Replace the side effects of `edit_ids` (which must have validity rows of this embedder)
-        by `rows` (edit_id, node_id, direction_sim, threshold) and mark them checked against side_fp."""
+        by `rows` (edit_id, node_id, direction_sim, threshold), mark them checked against side_fp,
+        and set `verdicts` (edit_id, direction_sim, valid): validity judged again once the side
+        effects are known (diffex/embedding/side_effects.py)."""
         if not edit_ids:
             return
         with self.transaction():
@@ -188,6 +191,12 @@ class EmbeddingRows:
                                   [float(r[2]) for r in rows], [float(r[3]) for r in rows]])
             self.con.execute("UPDATE edit_validity SET side_fp = ? WHERE embedder_id = ? AND edit_id IN (SELECT unnest(?))",
                              [side_fp, embedder_id, list(edit_ids)])
+            if verdicts:
+                self.con.execute(
+                    """UPDATE edit_validity SET direction_sim = v.sim, valid = v.ok
+                       FROM (SELECT unnest(?) AS edit_id, unnest(?) AS sim, unnest(?) AS ok) v
+                       WHERE edit_validity.embedder_id = ? AND edit_validity.edit_id = v.edit_id""",
+                    [[v[0] for v in verdicts], [float(v[1]) for v in verdicts], [bool(v[2]) for v in verdicts], embedder_id])
             self.refresh_effects(self._image_keys_of_items(list(keys.values())))
     def edit_node_paths(self, edit_ids: Sequence[str]) -> dict[str, list[tuple[str, ...]]]:
         """{edit id: paths (label tuples) of the nodes it was made for}."""
