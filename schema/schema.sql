@@ -9,7 +9,7 @@
 -- them unique.
 
 CREATE TABLE diffex_schema (version INTEGER NOT NULL);
-INSERT INTO diffex_schema VALUES (7);  -- 5: side effects; 6: schedule_nodes; 7: side-effect regression sums
+INSERT INTO diffex_schema VALUES (7);  -- 5: side effects; 6: schedule_nodes; 7: side_corr at most an edit's change
 
 CREATE SEQUENCE item_keys START 1;  -- images and edits share one key space: a scored item is either
 CREATE SEQUENCE entity_keys START 1;  -- nodes, editors, classifiers
@@ -205,7 +205,7 @@ CREATE TABLE effect_images (
     edits_fp       UBIGINT,
     n_clean        INTEGER DEFAULT 0,  -- v5: valid edits checked for side effects that had none
     clean_prob     DOUBLE,             -- v5: their mean change (NULL when none)
-    side_corr      DOUBLE              -- v5: mean over valid edits of their side concepts' own effect here
+    side_corr      DOUBLE              -- v5: mean over valid edits of their side concepts' own effect here (v7: at most the edit's change)
 );
 
 -- Per (classifier, editor, node, direction, class): running sums over images of the
@@ -224,13 +224,7 @@ CREATE TABLE effect_nodes (
     n_invalid BIGINT NOT NULL,  -- one row per key, kept so by diffex/derived.py
     -- v5: the same sums over the images' clean means (effect_images.clean_prob)
     c_images BIGINT DEFAULT 0, c_edits BIGINT DEFAULT 0, c_sum DOUBLE DEFAULT 0, c_sumsq DOUBLE DEFAULT 0,
-    s_corr DOUBLE DEFAULT 0,  -- v5: sum of effect_images.side_corr over the images with a valid effect
-    -- v7: sums of the per-node regression of an edit's change on "showed a side effect" with
-    -- image fixed effects (views.sql, adjusted_delta_prob). Per image, with n_valid edits of
-    -- which n_clean showed none: side_w = n_clean * (n_valid - n_clean) / n_valid (the image's
-    -- weight), side_wb = n_clean * (valid_prob - clean_prob) (its weight times its contrast),
-    -- side_f = (n_valid - n_clean) / n_valid (its share of edits with a side effect).
-    side_w DOUBLE DEFAULT 0, side_wb DOUBLE DEFAULT 0, side_f DOUBLE DEFAULT 0
+    s_corr DOUBLE DEFAULT 0   -- v5: sum of effect_images.side_corr over the images with a valid effect
 );
 
 -- v5: per (editor, node, direction, image) how many valid edits were checked for side

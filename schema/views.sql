@@ -132,14 +132,25 @@ WITH d AS MATERIALIZED (
            avg(prob_edit - prob_baseline) FILTER (WHERE valid AND clean) AS clean_prob
     FROM d
     GROUP BY classifier_key, editor_key, node_key, direction, image_key, class_index
-), charged AS (
+), per_edit AS (
     -- v5: each valid edit with side effects is charged its side concepts' own effect on the
-    -- same image (0 where that concept was not edited there); side_corr is the mean charge
-    SELECT x.classifier_key, x.editor_key, x.node_key, x.direction, x.image_key, x.class_index,
-           sum(coalesce(o.valid_prob, 0)) AS charge
+    -- same image (0 where that concept was not edited there); v7: but never more than the
+    -- edit's own change in that direction, nor against it. A side effect drawn into another
+    -- edit is rarely a full standalone edit (a top hat perched on a beanie moves the demo v2
+    -- classifier to 0.68, a top hat alone to 1.0), and a false alarm on an edit that changed
+    -- nothing must not be charged a side concept's whole effect.
+    SELECT x.classifier_key, x.editor_key, x.node_key, x.direction, x.image_key, x.class_index, x.edit_key,
+           any_value(x.prob_edit - x.prob_baseline) AS delta, sum(coalesce(o.valid_prob, 0)) AS own
     FROM (SELECT *, unnest(sides) AS side_key FROM d WHERE valid AND len(sides) > 0) x
     LEFT JOIN g o ON o.classifier_key = x.classifier_key AND o.editor_key = x.editor_key AND o.node_key = x.side_key
                  AND o.direction = x.direction AND o.image_key = x.image_key AND o.class_index = x.class_index
+    GROUP BY x.classifier_key, x.editor_key, x.node_key, x.direction, x.image_key, x.class_index, x.edit_key
+), charged AS (
+    -- side_corr is the mean charge over the image's valid edits
+    SELECT classifier_key, editor_key, node_key, direction, image_key, class_index,
+           sum(CASE WHEN own > 0 THEN least(own, greatest(delta, 0))
+                    WHEN own < 0 THEN greatest(own, least(delta, 0)) ELSE 0 END) AS charge
+    FROM per_edit
     GROUP BY ALL
 )
 SELECT g.*, CASE WHEN g.n_valid > 0 THEN coalesce(c.charge, 0) / g.n_valid END AS side_corr
@@ -237,7 +248,7 @@ WITH p AS (
            CASE WHEN include_invalid THEN a_sum_logit ELSE v_sum_logit END AS s1_logit,
            CASE WHEN include_invalid THEN a_up ELSE v_up END AS n_up,
            CASE WHEN include_invalid THEN a_down ELSE v_down END AS n_down,
-           v_images, v_sum, c_images, c_edits, c_sum, c_sumsq, s_corr, side_w, side_wb, side_f
+           v_images, v_sum, c_images, c_edits, c_sum, c_sumsq, s_corr
     FROM effect_nodes
     WHERE a_images > 0
 ), m AS (
@@ -263,18 +274,15 @@ SELECT k.classifier_id, classifier_label(k.spec, k.name, k.classifier_id) AS cla
        m.n_invalid::BIGINT AS n_invalid,
        -- v5 (issue 13): side effects. confounded_with names the side concept of at least
        -- confound_floor() of the node's checked edits; clean_*: over the edits with no side
-       -- effect; adjusted (v7): the valid effect less its side effects' share times their
-       -- effect in context, side_wb / side_w: the regression of an edit's change on "showed a
-       -- side effect" with image fixed effects, from images with edits both with and without
-       -- one; where there are none, less what the side concepts do on their own on each image.
+       -- effect; adjusted: the valid effect less what its side concepts do on their own, at
+       -- most each edit's own change (effect_images_for).
        CASE WHEN cf.n_side >= confound_floor() * cf.n_checked THEN cf.side_label END AS confounded_with,
        cf.n_side / cf.n_checked AS confound_share,
        m.clean_mean AS clean_delta_prob,
        clip(m.clean_mean - t975(m.c_images - 1) * coalesce(m.clean_sd, 0) / sqrt(m.c_images), -1.0, 1.0) AS clean_ci_low,
        clip(m.clean_mean + t975(m.c_images - 1) * coalesce(m.clean_sd, 0) / sqrt(m.c_images), -1.0, 1.0) AS clean_ci_high,
        m.c_images AS clean_n_images, m.c_edits AS clean_n_edits,
-       CASE WHEN m.v_images > 0 AND m.side_w > 1e-9 THEN (m.v_sum - m.side_wb / m.side_w * m.side_f) / m.v_images
-            WHEN m.v_images > 0 THEN (m.v_sum - m.s_corr) / m.v_images END AS adjusted_delta_prob
+       CASE WHEN m.v_images > 0 THEN (m.v_sum - m.s_corr) / m.v_images END AS adjusted_delta_prob
 FROM m
 LEFT JOIN confound_nodes cf ON cf.editor_key = m.editor_key AND cf.node_key = m.node_key AND cf.direction = m.direction
 JOIN classifiers k ON k.classifier_key = m.classifier_key
@@ -444,9 +452,7 @@ SELECT row_number() OVER (ORDER BY abs(x.valid_prob) DESC, n.path) AS rank,
        CASE WHEN sd.n_top >= confound_floor() * sd.n_checked THEN sd.side_label END AS confounded_with,
        round(coalesce(sd.n_top, 0) / sd.n_checked, 3) AS confound_share,
        round(x.clean_prob, 4) AS clean_delta_prob, x.n_clean::BIGINT AS clean_n_edits,
-       -- v7: on one image the regression's intercept is the mean of the edits without a side
-       -- effect; where every edit had one, the side concepts' own effect here is subtracted
-       round(CASE WHEN x.n_clean > 0 THEN x.clean_prob ELSE x.valid_prob - x.side_corr END, 4) AS adjusted_delta_prob
+       round(x.valid_prob - x.side_corr, 4) AS adjusted_delta_prob
 FROM effect_images x
 JOIN args ON x.classifier_key = args.want_classifier
 JOIN nodes n ON n.node_key = x.node_key

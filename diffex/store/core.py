@@ -195,6 +195,9 @@ class Store(Writes, EffectReads, EmbeddingRows, UserReads, ReportReads):
                 if before is not None and before < 5:
                     with store.transaction():
                         derived.rebuild(con)  # v4 added the derived tables, v5 their clean/side-effect parts: fill them once
+                elif before is not None and before < 7:
+                    with store.transaction():  # v7 caps side_corr: recompute the images it can change
+                        store.refresh_effects(store.images_with_side_effects())
 
     # ------------------------------------------------------------------ the connection
     @property

@@ -15,7 +15,7 @@ from typing import Iterable
 # effect_nodes columns that are sums (all but the key); the upsert adds the difference.
 _SUMS = ("v_images", "v_edits", "v_sum", "v_sumsq", "v_sum_logit", "v_up", "v_down",
          "a_images", "a_edits", "a_sum", "a_sumsq", "a_sum_logit", "a_up", "a_down", "n_invalid",
-         "c_images", "c_edits", "c_sum", "c_sumsq", "s_corr", "side_w", "side_wb", "side_f")
+         "c_images", "c_edits", "c_sum", "c_sumsq", "s_corr")
 _KEY = ("classifier_key", "editor_key", "node_key", "direction", "class_index")
 _IMAGE_KEY = _KEY[:4] + ("image_key", "class_index")
 _IMAGE_VALUES = ("prob_baseline", "valid_prob", "valid_logit", "all_prob", "all_logit", "clean_prob", "side_corr")
@@ -42,10 +42,7 @@ SELECT classifier_key, editor_key, node_key, direction, class_index,
        coalesce(sum(sign * n_clean), 0) AS c_edits,
        coalesce(sum(sign * clean_prob), 0) AS c_sum,
        coalesce(sum(sign * clean_prob * clean_prob), 0) AS c_sumsq,
-       coalesce(sum(sign * side_corr) FILTER (WHERE valid_prob IS NOT NULL), 0) AS s_corr,
-       coalesce(sum(sign * n_clean * (n_valid - n_clean) / n_valid) FILTER (WHERE valid_prob IS NOT NULL AND n_clean > 0), 0) AS side_w,
-       coalesce(sum(sign * n_clean * (valid_prob - clean_prob)) FILTER (WHERE valid_prob IS NOT NULL AND n_clean > 0), 0) AS side_wb,
-       coalesce(sum(sign * (n_valid - n_clean) / n_valid) FILTER (WHERE valid_prob IS NOT NULL), 0) AS side_f
+       coalesce(sum(sign * side_corr) FILTER (WHERE valid_prob IS NOT NULL), 0) AS s_corr
 FROM {{rows}}
 GROUP BY {", ".join(_KEY)}"""
 
