@@ -1,4 +1,4 @@
-"""Train the demo CLIP shipped in diffex/demo/clip/ (deterministic; ~30 minutes on 2 CPU cores).
+"""Train the demo CLIP shipped in diffex/demo/clip/ (deterministic; ~40 minutes on 2 CPU cores).
 
     nice python scripts/train_demo_clip.py                # writes diffex/demo/clip/*
     python bench/demo_clip.py                             # measures what it learned
@@ -13,11 +13,14 @@ Two things make the tiny ViT learn small details in minutes (DEMO-NOTES saw it f
 stubble, pencil mustaches and expressions with the contrastive loss alone):
   1. every batch holds counterfactual pairs: a face and the same face with one attribute
      changed (the demo editor's exact edit), both captions naming the changed slot, so the
-     contrastive loss must look at exactly that detail;
+     contrastive loss must look at exactly that detail; a third of the pairs change what an
+     entangled edit changes (issue 13: a top hat perched on a beanie, two slots at once), so
+     side effects of the misbehaving demo editor are visible to the model;
   2. two auxiliary losses, dropped after training (the shipped model is a pure CLIPModel):
-     a linear attribute classifier on the image embedding, and a direction loss that
-     makes E(edit) - E(face) point along T("a face with X") - T("a face") for the edited
-     concept X, which is the edit-validity score diffex computes.
+     linear attribute classifiers on the image embedding (one per slot, and one per object
+     for layered objects), and a direction loss that makes E(edit) - E(face) point along
+     T("a face with X") - T("a face") for the edited concept X (between X and Y when both
+     were added), which is the edit-validity and side-effect score diffex computes.
 """
 
 from __future__ import annotations
@@ -89,14 +92,21 @@ def phrase_for(slot: str, value: str, rng: random.Random) -> str:
     return with_article(value, rng)
 
 
-def caption(spec: FaceSpec, rng: random.Random, must: str | None = None) -> str:
-    """A random 70% of the attributes (always `must`, the slot an edit changed), random order."""
+def slot_phrase(spec: FaceSpec, slot: str, rng: random.Random) -> str:
+    """The slot's phrase, naming every object layered in it ("a beanie and a top hat")."""
+    first = phrase_for(slot, spec.attrs[slot], rng)
+    extras = [with_article(x, rng) for x in spec.extras if group_of(x) == slot]
+    return " and ".join([first] + extras) if extras else first
+
+
+def caption(spec: FaceSpec, rng: random.Random, must: tuple[str, ...] = ()) -> str:
+    """A random 70% of the attributes (always those in `must`, the slots an edit changed), random order."""
     slots = list(SLOTS) + ["age"]
-    chosen = [s for s in slots if rng.random() < 0.7 or s == must]
-    if rng.random() < 0.03 and must is None:
+    chosen = [s for s in slots if rng.random() < 0.7 or s in must]
+    if rng.random() < 0.03 and not must:
         chosen = []
     rng.shuffle(chosen)
-    phrases = [(spec.age if s == "age" else phrase_for(s, spec.attrs[s], rng)) for s in chosen]
+    phrases = [(spec.age if s == "age" else slot_phrase(spec, s, rng)) for s in chosen]
     if not phrases:
         return NEUTRAL
     if len(phrases) > 1 and rng.random() < 0.3:
@@ -104,13 +114,46 @@ def caption(spec: FaceSpec, rng: random.Random, must: str | None = None) -> str:
     return "a face with " + ", ".join(phrases)
 
 
-def counterfactual(spec: FaceSpec, rng: random.Random) -> tuple[FaceSpec, str, str]:
-    """The same face with one slot changed: (new spec, slot, new value)."""
-    slot = rng.choice(SLOTS)
-    values = list(SLOT_LEAVES[slot]) + (["none"] if slot in OPTIONAL_SLOTS else [])
-    values.remove(spec.attrs[slot])
-    value = rng.choice(values)
-    return spec.with_attr(slot, value), slot, value
+def new_value(spec: FaceSpec, slot: str, rng: random.Random, allow_none: bool = True) -> str:
+    values = [v for v in list(SLOT_LEAVES[slot]) + (["none"] if slot in OPTIONAL_SLOTS and allow_none else [])
+              if v != spec.attrs[slot]]
+    return rng.choice(values)
+
+
+def counterfactual(spec: FaceSpec, rng: random.Random) -> tuple[FaceSpec, tuple[str, ...], dict[str, float], float]:
+    """The same face with what an edit changes: (new spec, slots changed, {leaf: weight} the change
+    points to, sign). Mostly one slot (sign -1 when an object was removed: the change points away
+    from it); else what an entangled edit does (issue 13): an object drawn over the slot's own
+    (a top hat perched on a beanie), a new object together with a second one in its slot, or two
+    slots at once. The weights split the direction target between the concepts added."""
+    free = [s for s in SLOTS if not any(group_of(x) == s for x in spec.extras)]
+    r = rng.random()
+    if r < 0.2:
+        slot = rng.choice(OPTIONAL_SLOTS)
+        if slot in free:
+            if spec.attrs[slot] != "none":
+                extra = new_value(spec, slot, rng, allow_none=False)
+                return spec.with_extra(extra), (slot,), {extra: 1.0}, 1.0
+            first = rng.choice(SLOT_LEAVES[slot])
+            extra = rng.choice([x for x in SLOT_LEAVES[slot] if x != first])
+            return spec.with_attr(slot, first).with_extra(extra), (slot,), {first: 0.5, extra: 0.5}, 1.0
+    elif r < 0.35 and len(free) >= 2:
+        a, b = rng.sample(free, 2)
+        va, vb = new_value(spec, a, rng, allow_none=False), new_value(spec, b, rng, allow_none=False)
+        return spec.with_attr(a, va).with_attr(b, vb), (a, b), {va: 0.5, vb: 0.5}, 1.0
+    slot = rng.choice(free)
+    value = new_value(spec, slot, rng)
+    old = spec.attrs[slot]
+    return spec.with_attr(slot, value), (slot,), ({value: 1.0} if value != "none" else {old: 1.0}), (1.0 if value != "none" else -1.0)
+
+
+def with_layers(spec: FaceSpec, rng: random.Random) -> FaceSpec:
+    """One base face in ten carries a second object over an occupied optional slot."""
+    held = [s for s in OPTIONAL_SLOTS if spec.attrs[s] != "none"]
+    if held and rng.random() < 0.1:
+        slot = rng.choice(held)
+        return spec.with_extra(new_value(spec, slot, rng, allow_none=False))
+    return spec
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -169,15 +212,14 @@ def build_tokenizer(out: Path):
 
 # --------------------------------------------------------------------------- data
 
-def render_pairs(seeds, workers: int = 2) -> tuple[np.ndarray, np.ndarray, list, list]:
-    """Base faces and their one-attribute counterfactuals, as uint8 [N, 64, 64, 3]."""
+def render_pairs(seeds) -> tuple[np.ndarray, np.ndarray, list, list]:
+    """Base faces and their counterfactuals (see `counterfactual`), as uint8 [N, 64, 64, 3]."""
     specs, edits = [], []
     for seed in seeds:
-        spec = sample_spec(seed)
         rng = random.Random(f"demo-clip-edit:{seed}")
-        new, slot, value = counterfactual(spec, rng)
+        spec = with_layers(sample_spec(seed), rng)
         specs.append(spec)
-        edits.append((new, slot, value, spec.attrs[slot]))
+        edits.append(counterfactual(spec, rng))
     base = np.stack([np.asarray(render(s)) for s in specs])
     edit = np.stack([np.asarray(render(e[0])) for e in edits])
     return base, edit, specs, edits
@@ -201,6 +243,15 @@ def head_sizes() -> list[int]:
     return [len(SLOT_LEAVES[s]) + (1 if s in OPTIONAL_SLOTS else 0) for s in SLOTS] + [len(AGES)]
 
 
+OBJECTS = [leaf for slot in OPTIONAL_SLOTS for leaf in SLOT_LEAVES[slot]]
+
+
+def presence(spec: FaceSpec) -> list[float]:
+    """1.0 for every object drawn on the face (its slot's value or a layered extra)."""
+    shown = set(spec.attrs.values()) | set(spec.extras)
+    return [1.0 if leaf in shown else 0.0 for leaf in OBJECTS]
+
+
 # --------------------------------------------------------------------------- model
 
 def build_model(tok):
@@ -220,7 +271,7 @@ def build_model(tok):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=2600)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--pairs", type=int, default=96, help="counterfactual pairs per batch (2x images)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--n-train", type=int, default=len(TRAIN_SEEDS))
@@ -246,16 +297,23 @@ def main() -> None:
     y_base = torch.tensor([attr_targets(s) for s in specs])
     y_edit = torch.tensor([attr_targets(e[0]) for e in edits])
 
+    y_base_obj = torch.tensor([presence(s) for s in specs])
+    y_edit_obj = torch.tensor([presence(e[0]) for e in edits])
+
     leaves = [leaf for slot in SLOTS for leaf in SLOT_LEAVES[slot]]
     leaf_index = {leaf: i for i, leaf in enumerate(leaves)}
-    # direction target: +leaf for an added leaf, -old leaf when a slot became empty
-    dir_target = torch.tensor([leaf_index[v] if v != "none" else leaf_index[old] for _, _, v, old in edits])
-    dir_sign = torch.tensor([1.0 if v != "none" else -1.0 for _, _, v, old in edits])
+    # direction target: a distribution over the leaves the change points to (split between two
+    # concepts an entangled edit added), with a sign (-1: an object was removed)
+    dir_target = torch.zeros(len(edits), len(leaves))
+    for k, (_, _, weights, _) in enumerate(edits):
+        for leaf, w in weights.items():
+            dir_target[k, leaf_index[leaf]] = w
+    dir_sign = torch.tensor([e[3] for e in edits])
     concept_texts = [f"a face with {leaf}" for leaf in leaves]
 
     model = build_model(tok)
     sizes = head_sizes()
-    heads = torch.nn.Linear(model.config.projection_dim, sum(sizes))
+    heads = torch.nn.Linear(model.config.projection_dim, sum(sizes) + len(OBJECTS))
     params = [{"params": [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n],
                "weight_decay": 0.05},
               {"params": [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)],
@@ -291,7 +349,10 @@ def main() -> None:
         # auxiliary attribute heads on the (unnormalised) image embedding
         out = heads(img_raw)
         y = torch.cat([y_base[idx], y_edit[idx]])
-        loss_attr = sum(F.cross_entropy(chunk, y[:, j]) for j, chunk in enumerate(out.split(sizes, dim=1))) / len(sizes)
+        chunks = out.split(sizes + [len(OBJECTS)], dim=1)
+        loss_attr = sum(F.cross_entropy(chunk, y[:, j]) for j, chunk in enumerate(chunks[:-1])) / len(sizes)
+        y_obj = torch.cat([y_base_obj[idx], y_edit_obj[idx]])
+        loss_attr = loss_attr + F.binary_cross_entropy_with_logits(chunks[-1], y_obj)
         # direction loss: the image change points along the edited concept's text direction
         ct = F.normalize(model.get_text_features(**concept_tok).pooler_output, dim=-1)
         text_dirs = F.normalize(ct[:-1] - ct[-1:], dim=-1)
