@@ -234,9 +234,14 @@ CREATE OR REPLACE VIEW image_effects_all AS SELECT * FROM image_effects_with(TRU
 -- n_invalid: edits left out because the embedder saw no sign of the concept in them
 -- (node_effects_all and include_invalid := TRUE count them in).
 -- A node is reported confounded when at least this share of its checked edits showed one
--- side concept (below it, calibrated thresholds' false alarms name one: up to 25% of a node's
--- edits with the exact demo editor and the demo CLIP, 16 images x 2 seeds).
+-- side concept (below it, calibrated thresholds' false alarms could name one: up to 12.5% of
+-- a node's edits with the exact demo editor and the demo CLIP, 20 images x 2 seeds) ...
 CREATE OR REPLACE MACRO confound_floor() AS 0.3;
+-- ... or at least this share when the side effects carried half of the node's valid effect or
+-- more (and at least 0.02): a side effect in one edit of five that makes most of an effect
+-- is what an auditor must hear about, and a false alarm carries nothing (an edit's charge is
+-- at most its own change, effect_images_for).
+CREATE OR REPLACE MACRO confound_carry_floor() AS 0.1;
 
 CREATE OR REPLACE MACRO node_effects_with(include_invalid) AS TABLE
 WITH p AS (
@@ -273,10 +278,14 @@ SELECT k.classifier_id, classifier_label(k.spec, k.name, k.classifier_id) AS cla
        CASE WHEN m.mean_delta_prob >= 0 THEN m.frac_up ELSE 1 - m.frac_up END AS sign_consistency,
        m.n_invalid::BIGINT AS n_invalid,
        -- v5 (issue 13): side effects. confounded_with names the side concept of at least
-       -- confound_floor() of the node's checked edits; clean_*: over the edits with no side
+       -- confound_floor() of the node's checked edits, or of confound_carry_floor() when the
+       -- side effects carried half of the valid effect or more; clean_*: over the edits with no side
        -- effect; adjusted: the valid effect less what its side concepts do on their own, at
        -- most each edit's own change (effect_images_for).
-       CASE WHEN cf.n_side >= confound_floor() * cf.n_checked THEN cf.side_label END AS confounded_with,
+       CASE WHEN cf.n_side >= confound_floor() * cf.n_checked
+                 OR (cf.n_side >= confound_carry_floor() * cf.n_checked AND m.v_images > 0
+                     AND abs(m.s_corr) >= 0.5 * abs(m.v_sum) AND abs(m.s_corr) >= 0.02 * m.v_images)
+            THEN cf.side_label END AS confounded_with,
        cf.n_side / cf.n_checked AS confound_share,
        m.clean_mean AS clean_delta_prob,
        clip(m.clean_mean - t975(m.c_images - 1) * coalesce(m.clean_sd, 0) / sqrt(m.c_images), -1.0, 1.0) AS clean_ci_low,
