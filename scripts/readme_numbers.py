@@ -5,7 +5,7 @@ Runs in a temporary folder (data/ is left alone): `diffex demo` as a whole proce
 its table printed as the README shows it), `diffex demo --classifier demo:v2` (what a
 retrained classifier costs), then `diffex compare` through the library (paired sign-flip
 permutation test, `p_permutation_bh`) next to the SQL macro `compare_classifiers` (paired
-t-test, its `p_adjusted`) for the nodes either flags. Last line: key=value pairs.
+t-test, its `p_t_test_bh`) for the nodes either flags. Last line: key=value pairs.
 
     python scripts/readme_numbers.py
 """
@@ -53,10 +53,10 @@ def main() -> None:
             db, "SELECT * FROM compare_classifiers('demo:v1', 'demo:v2', 'old')").dicts()}
         flagged = [r for r in lib.rows if r.significant or sql[r.node]["significant"]]
         print("\n## v1 vs v2, class old: the library's permutation test and the SQL macro's t-test\n")
-        print(f"{'node':10s} {'diff':>8s} {'ci_low':>8s} {'ci_high':>8s} {'p_permutation_bh':>17s} {'sql t-test p_adjusted':>22s}")
+        print(f"{'node':10s} {'diff':>8s} {'ci_low':>8s} {'ci_high':>8s} {'p_permutation_bh':>17s} {'sql p_t_test_bh':>22s}")
         for r in flagged:
             print(f"{r.node:10s} {r.diff:8.4f} {r.ci_low:8.4f} {r.ci_high:8.4f} {r.p_permutation_bh:17.4f} "
-                  f"{sql[r.node]['p_adjusted']:22.4f}")
+                  f"{sql[r.node]['p_t_test_bh']:22.4f}")
         slots = (truth["v1"]["slot"], truth["v2"]["slot"])
         unrelated = [r.node for r in lib.changed if not any(r.path == x or r.path.startswith(x + " > ") for x in slots)]
         print(f"flagged by the permutation test: {', '.join(r.node for r in lib.changed)}; "
@@ -72,7 +72,7 @@ def main() -> None:
         f"demo_s={demo_s:.1f}", f"rank_v1={rank_v1}", f"rank_v2={rank_v2}",
         f"v2_edits_computed={s['edits_computed']}", f"v2_scores_computed={s['scores_computed']}",
         *(f"p_permutation_bh_{n.replace(' ', '_')}={p:.3f}" for n, p in p_perm.items()),
-        *(f"p_t_test_bh_{n.replace(' ', '_')}={sql[n]['p_adjusted']:.3f}" for n in p_perm),
+        *(f"p_t_test_bh_{n.replace(' ', '_')}={sql[n]['p_t_test_bh']:.3f}" for n in p_perm),
         f"unrelated_flagged={len(unrelated)}",
     ]))
 
