@@ -139,7 +139,10 @@ def test_interrupted_run_keeps_committed_work_and_resumes(how, tmp_path, brightn
 
     db = tmp_path / "x.duckdb"
     args = ["index", "--db", db, "--images", imgs, "--taxonomy", DEMO_TAXONOMY, "--classifier", brightness, "--beam", "0", "--samples", "2", "--json"]
-    proc = subprocess.Popen(_diffex(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: pytest started as a background job by a
+    # non-interactive shell has it ignored, the child would inherit that and run to the end
+    proc = subprocess.Popen(_diffex(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     cache = tmp_path / "x-cache"
     deadline = time.time() + 120
     # wait until a few images' edits are on disk (each image's edits are committed together)
