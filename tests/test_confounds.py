@@ -67,8 +67,8 @@ def test_a_borrowed_effect_names_its_confound_and_the_clean_effect_is_near_zero(
     row = rows[innocent]
     # the innocent node's raw effect is clearly positive: it borrows the planted concept's
     assert row["mean_delta_prob"] > 0.08 and row["ci_low"] > 0, row
-    assert row["confounded_with"] == planted and 0.3 <= row["confound_share"] <= 0.7, row
-    assert abs(row["clean_delta_prob"]) < 0.05 and row["clean_n_images"] >= IMAGES // 2, row
+    assert row["confounded_with"] == planted and 0.25 <= row["confound_share"] <= 0.7, row
+    assert abs(row["clean_delta_prob"]) < 0.05 and row["clean_n_images"] >= IMAGES // 4, row
     assert abs(row["adjusted_delta_prob"]) < 0.05, row
     # no other node is said to borrow from anything
     assert [r["node"] for r in rows.values() if r["confounded_with"]] == [innocent]
