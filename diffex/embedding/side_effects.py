@@ -89,8 +89,8 @@ def residual_scores(edit_vecs: np.ndarray, base_vecs: np.ndarray, own_dirs: Sequ
 
 @dataclass
 class SideEffectCounts:
-    checked: int = 0      # edits checked against the concepts
-    made_valid: int = 0   # invalid by their plain direction, valid once side effects are known
+    checked: int = 0       # edits checked against the concepts
+    made_valid: int = 0    # invalid by their plain direction, valid once side effects are known
     made_invalid: int = 0  # the reverse (a re-check found fewer side effects than before)
 
 

@@ -198,6 +198,7 @@ class EmbeddingRows:
                        WHERE edit_validity.embedder_id = ? AND edit_validity.edit_id = v.edit_id""",
                     [[v[0] for v in verdicts], [float(v[1]) for v in verdicts], [bool(v[2]) for v in verdicts], embedder_id])
             self.refresh_effects(self._image_keys_of_items(list(keys.values())))
+
     def images_with_side_effects(self) -> list[int]:
         """Keys of the images whose edits showed a side effect (their side_corr can be nonzero)."""
         return [r[0] for r in self.con.execute(
