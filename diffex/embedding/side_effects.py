@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .stage import NO_CHANGE, TextTemplates, direction_scores, ensure_texts
+from .stage import NO_CHANGE, TextTemplates, best_direction_scores, direction_scores, ensure_texts
 from .base import Embedder
 from ..hashing import hash_json
 from ..types import Node
@@ -131,17 +131,21 @@ def ensure_side_effects(store, embedder: Embedder, edit_ids: Sequence[str], node
     hits = flag(sims, [paths.get(e["edit_id"], []) for e in edits], concepts, limits)
     rows = [(e["edit_id"], concepts[j].node_id, float(sims[k, j]), limits[j]) for k, e in enumerate(edits) for j in hits[k]]
     # validity, judged again on what the side effects leave (module docstring); the plain change
-    # is scored too, so a re-check that drops a side effect also drops its rescue
-    own_dirs = [(matrix[[row[text_ids[t]] for t in own_texts[e["edit_id"]]]] - neutral[None, :])
-                * (-1.0 if e["direction"] == "remove" else 1.0) for e in edits]
-    plain = residual_scores(edit_vecs, base_vecs, own_dirs, [[]] * len(edits))
-    kept = residual_scores(edit_vecs, base_vecs, own_dirs, [concept_dirs[hits[k]] for k in range(len(edits))])
+    # is scored too, as ensure_validity does, so a re-check that drops a side effect also drops its rescue
+    pairs = [(k, t) for k, e in enumerate(edits) for t in own_texts[e["edit_id"]]]
+    owner = np.array([k for k, _ in pairs])
+    signs = np.array([-1.0 if e["direction"] == "remove" else 1.0 for e in edits])
+    own_vecs = matrix[[row[text_ids[t]] for _, t in pairs]]
+    best = best_direction_scores(edit_vecs[owner], base_vecs[owner], own_vecs, neutral, signs[owner], owner, len(edits))[0]
+    for k in (k for k, found in enumerate(hits) if found):
+        own_dirs = (own_vecs[owner == k] - neutral[None, :]) * signs[k]
+        kept = residual_scores(edit_vecs[[k]], base_vecs[[k]], [own_dirs], [concept_dirs[hits[k]]])[0]
+        best[k] = max(best[k], kept)
     verdicts = store.validity_rows(embedder.embedder_id, [e["edit_id"] for e in edits])
     rejudged = []
     for k, e in enumerate(edits):
         v = verdicts[e["edit_id"]]
-        best = max(plain[k], kept[k])
-        rejudged.append((e["edit_id"], float(best), bool(best >= v["threshold"])))
+        rejudged.append((e["edit_id"], float(best[k]), bool(best[k] >= v["threshold"])))
         counts.made_valid += rejudged[-1][2] and not v["valid"]
         counts.made_invalid += v["valid"] and not rejudged[-1][2]
     store.add_side_effects(embedder.embedder_id, fp, [e["edit_id"] for e in edits], rows, rejudged)

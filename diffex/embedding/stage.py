@@ -132,6 +132,21 @@ def direction_scores(
     return direction.astype(np.float64), np.clip(baseline, -1.0, 1.0).astype(np.float64)
 
 
+def best_direction_scores(
+    edit_vecs: np.ndarray, base_vecs: np.ndarray, concept_vecs: np.ndarray, neutral_vec: np.ndarray, signs: np.ndarray,
+    owner: np.ndarray, n: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`direction_scores` over (edit, concept) pairs, row i belonging to edit owner[i] of n: per
+    edit the best direction_sim over its concepts (a group edit shows one of its subtypes) and
+    its baseline_sim."""
+    pair_dir, pair_base = direction_scores(edit_vecs, base_vecs, concept_vecs, neutral_vec, signs)
+    direction = np.full(n, -np.inf)
+    np.maximum.at(direction, owner, pair_dir)
+    baseline = np.zeros(n)
+    baseline[owner] = pair_base
+    return direction, baseline
+
+
 @dataclass
 class ValidityCounts:
     computed: int = 0
@@ -162,18 +177,14 @@ def ensure_validity(
     if missing:
         raise AssertionError(f"validity needs vectors that are not stored: {missing[:3]}")
     pick = lambda keys: matrix[[row[k] for k in keys]]  # noqa: E731
-    owner = np.array([k for k, _ in pairs])
-    pair_dir, pair_base = direction_scores(
+    direction, baseline = best_direction_scores(
         pick([todo[k]["edit_id"] for k, _ in pairs]),
         pick([todo[k]["baseline_id"] for k, _ in pairs]),
         pick([text_ids[templates.concept_text(p)] for _, p in pairs]),
         matrix[row[text_ids[templates.neutral_text()]]],
         np.array([-1.0 if todo[k]["direction"] == "remove" else 1.0 for k, _ in pairs]),
+        np.array([k for k, _ in pairs]), len(todo),
     )
-    direction = np.full(len(todo), -np.inf)
-    np.maximum.at(direction, owner, pair_dir)
-    baseline = np.zeros(len(todo))
-    baseline[owner] = pair_base
     valid = direction >= threshold
     store.add_validity(emb_id, [(e["edit_id"], float(d), float(b), threshold, bool(v))
                                 for e, d, b, v in zip(todo, direction, baseline, valid)])
