@@ -122,3 +122,13 @@ def test_residual_scores_remove_only_the_side_directions():
     kept = residual_scores(edits, base, [own] * 3, [side] * 3)
     assert plain == pytest.approx([np.sqrt(0.5), 0.0, 0.0])
     assert kept == pytest.approx([1.0, 0.0, 0.0])
+
+
+def test_a_rare_side_effect_that_carries_the_effect_is_named(tmp_path, faces):
+    """Below confound_floor() (30% of the edits) a side concept is still named when it carried
+    half of the node's effect or more (confound_carry_floor())."""
+    rows, first, _, _ = _rows(_index(tmp_path / "rare.duckdb", faces, "demo:v1", "demo?spill=stubble:goatee:0.2"), "demo:v1")
+    row = rows["stubble"]
+    assert first == "goatee"
+    assert row["confound_share"] < 0.3 and row["confounded_with"] == "goatee", row
+    assert row["mean_delta_prob"] - row["adjusted_delta_prob"] >= 0.5 * row["mean_delta_prob"], row
